@@ -1,0 +1,11 @@
+//! Drover's scheduling domain: task graphs, assignment rules, duration estimates, leases and the
+//! scheduling state machine.
+//!
+//! Everything here is synchronous and deterministic: no tokio, no tonic, no system clock. The
+//! caller passes `now` (a [`Duration`](std::time::Duration) since its own epoch) into every
+//! call, so every timing rule is tested without sleeping, and the simulator runs the very same
+//! code under a virtual clock.
+#![forbid(unsafe_code)]
+
+pub mod fleet;
+pub mod rules;
