@@ -1,0 +1,1 @@
+//! Tests of the whole rules module against the reference.
