@@ -9,3 +9,13 @@
 
 pub mod fleet;
 pub mod rules;
+pub mod duration;
+pub mod estimate;
+pub mod graph;
+pub mod state;
+pub mod task;
+
+pub use graph::{GraphError, TaskGraph};
+pub use rules::RuleSet;
+pub use state::{Action, AgentId, Config, LeaseId, Policy, RunEvent, RunSpec, Scheduler, TaskResult, TaskStatus};
+pub use task::TaskSpec;

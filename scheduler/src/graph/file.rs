@@ -1,0 +1,246 @@
+//! Task graph files: Drover's native YAML or JSON, and Nx's task graph JSON
+//! (`nx <command> --graph=stdout`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::{GraphError, TaskGraph};
+use crate::duration::deserialize_opt_duration;
+use crate::task::{split_task_id, TaskSpec};
+
+/// The command an agent runs for a task of an Nx graph.
+pub const NX_RUN_COMMAND: &str = "npx nx run {id} --excludeTaskDependencies";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeFile {
+    tasks: Vec<NativeTask>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NativeTask {
+    id: Spanned<String>,
+    command: String,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    #[serde(default)]
+    cache: Option<bool>,
+    #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "deserialize_opt_duration")]
+    timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "deserialize_opt_duration")]
+    estimate: Option<Duration>,
+    #[serde(default)]
+    parallelism: Option<u32>,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    configuration: Option<String>,
+}
+
+/// A parsed graph file: the tasks, validated, and where each task was defined.
+#[derive(Debug)]
+pub struct GraphFile {
+    pub graph: TaskGraph,
+    /// `(line, column)` of each task's id, where the format gives one.
+    pub positions: Vec<Option<(u32, u32)>>,
+}
+
+/// Parses and validates a graph file. `path` names the file in error messages.
+pub fn parse_graph_file(path: &str, text: &str) -> Result<GraphFile, GraphError> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| GraphError::Syntax {
+            path: path.to_string(),
+            line: e.line() as u32,
+            column: e.column() as u32,
+            message: e.to_string(),
+        })?;
+        if is_nx_graph(&value) {
+            let tasks = nx_tasks(path, &value)?;
+            let positions = vec![None; tasks.len()];
+            let graph = TaskGraph::new(tasks)?;
+            return Ok(GraphFile { graph, positions });
+        }
+    }
+    parse_native(path, text)
+}
+
+fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
+    let file: NativeFile = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map(|l| (l.line() as u32, l.column() as u32)).unwrap_or((1, 1));
+        GraphError::Syntax { path: path.to_string(), line, column, message: one_line(&e) }
+    })?;
+    let mut positions = Vec::with_capacity(file.tasks.len());
+    let mut tasks = Vec::with_capacity(file.tasks.len());
+    for t in file.tasks {
+        positions.push(Some((t.id.referenced.line() as u32, t.id.referenced.column() as u32)));
+        let id = t.id.value;
+        let (project, target, configuration) = split_task_id(&id);
+        tasks.push(TaskSpec {
+            project: t.project.unwrap_or_else(|| project.to_string()),
+            target: t.target.unwrap_or_else(|| target.to_string()),
+            configuration: t.configuration.or_else(|| configuration.map(str::to_string)),
+            command: t.command,
+            depends_on: t.depends_on,
+            cache: t.cache.unwrap_or(true),
+            outputs: t.outputs,
+            env: t.env,
+            timeout: t.timeout,
+            estimate: t.estimate,
+            parallelism: t.parallelism,
+            id,
+        });
+    }
+    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    let place_of = |task: &str| -> String {
+        ids.iter()
+            .position(|id| id == task)
+            .and_then(|i| positions[i])
+            .map(|(l, c)| format!("{path}:{l}:{c}: "))
+            .unwrap_or_else(|| format!("{path}: "))
+    };
+    let located = |e: GraphError| -> GraphError {
+        match e {
+            GraphError::DuplicateId { task, .. } => {
+                // Name the second definition: that is the one to remove or rename.
+                let second = ids.iter().enumerate().filter(|(_, id)| **id == task).nth(1);
+                let place = second
+                    .and_then(|(i, _)| positions[i])
+                    .map(|(l, c)| format!("{path}:{l}:{c}: "))
+                    .unwrap_or_else(|| format!("{path}: "));
+                GraphError::DuplicateId { place, task }
+            }
+            GraphError::UnknownDependency { task, dependency, .. } => {
+                GraphError::UnknownDependency { place: place_of(&task), task, dependency }
+            }
+            GraphError::SelfDependency { task, .. } => {
+                GraphError::SelfDependency { place: place_of(&task), task }
+            }
+            GraphError::EmptyCommand { task, .. } => {
+                GraphError::EmptyCommand { place: place_of(&task), task }
+            }
+            GraphError::EmptyId { .. } => GraphError::EmptyId { place: format!("{path}: ") },
+            GraphError::Empty => GraphError::File { path: path.to_string(), message: "the graph has no tasks".into() },
+            other => other,
+        }
+    };
+    let graph = TaskGraph::new(tasks).map_err(located)?;
+    Ok(GraphFile { graph, positions })
+}
+
+/// The first line of a YAML error, without the rendered source snippet.
+fn one_line(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    text.lines().next().unwrap_or("invalid YAML").trim().to_string()
+}
+
+fn is_nx_graph(value: &serde_json::Value) -> bool {
+    value.get("tasks").and_then(|t| t.get("tasks")).is_some_and(serde_json::Value::is_object)
+}
+
+/// Converts Nx's task graph (`tasks.tasks` and `tasks.dependencies`) into task specs whose
+/// command runs the one task through Nx on the agent.
+fn nx_tasks(path: &str, value: &serde_json::Value) -> Result<Vec<TaskSpec>, GraphError> {
+    let bad = |message: String| GraphError::File { path: path.to_string(), message };
+    let graph = &value["tasks"];
+    let tasks = graph["tasks"].as_object().ok_or_else(|| bad("`tasks.tasks` is not an object".into()))?;
+    let deps = graph.get("dependencies").and_then(|d| d.as_object());
+    let mut out = Vec::with_capacity(tasks.len());
+    for (id, task) in tasks {
+        let target = &task["target"];
+        let field = |name: &str| target.get(name).and_then(|v| v.as_str()).map(str::to_string);
+        let (p, t, c) = split_task_id(id);
+        let depends_on = match deps.and_then(|d| d.get(id)) {
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(format!("task `{id}`: a dependency is not a string"))))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => return Err(bad(format!("task `{id}`: `tasks.dependencies` entry is not a list"))),
+            None => Vec::new(),
+        };
+        let outputs = task
+            .get("outputs")
+            .and_then(|o| o.as_array())
+            .map(|o| o.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        out.push(TaskSpec {
+            id: id.clone(),
+            command: NX_RUN_COMMAND.replace("{id}", id),
+            depends_on,
+            cache: task.get("cache").and_then(|c| c.as_bool()).unwrap_or(true),
+            outputs,
+            project: field("project").unwrap_or_else(|| p.to_string()),
+            target: field("target").unwrap_or_else(|| t.to_string()),
+            configuration: field("configuration").or_else(|| c.map(str::to_string)),
+            ..TaskSpec::default()
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_native_yaml() {
+        let text = "tasks:\n  - id: lib1:build\n    command: ./build.sh lib1\n    dependsOn: [lib0:build]\n    cache: false\n    outputs: [dist/lib1]\n    env: { NODE_ENV: production }\n    timeout: 10m\n    estimate: 30s\n  - id: lib0:build\n    command: ./build.sh lib0\n";
+        let f = parse_graph_file("g.yaml", text).unwrap();
+        let t = &f.graph.tasks[0];
+        assert_eq!(t.id, "lib1:build");
+        assert!(!t.cache);
+        assert_eq!(t.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(t.estimate, Some(Duration::from_secs(30)));
+        assert_eq!(t.env["NODE_ENV"], "production");
+        assert_eq!((t.project.as_str(), t.target.as_str()), ("lib1", "build"));
+        assert_eq!(f.graph.deps[0], vec![1]);
+        assert_eq!(f.positions[1], Some((10, 9)));
+    }
+
+    #[test]
+    fn parses_native_json() {
+        let text = r#"{"tasks": [{"id": "a", "command": "true"}, {"id": "b", "command": "true", "dependsOn": ["a"], "timeout": 1500}]}"#;
+        let f = parse_graph_file("g.json", text).unwrap();
+        assert_eq!(f.graph.tasks[1].timeout, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_task() {
+        let e = parse_graph_file("g.yaml", "tasks:\n  - id: a\n    command: x\n    dependsOn: [b]\n").unwrap_err();
+        assert_eq!(e.to_string(), "g.yaml:2:9: task `a` depends on unknown task `b`");
+        let e = parse_graph_file("g.yaml", "tasks:\n  - id: a\n    command: x\n  - id: a\n    command: y\n").unwrap_err();
+        assert_eq!(e.to_string(), "g.yaml:4:9: task `a` is defined twice");
+        let e = parse_graph_file("g.yaml", "tasks:\n  - id: a\n    comand: x\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("g.yaml:3:"), "{msg}");
+        assert!(msg.contains("comand"), "{msg}");
+        let e = parse_graph_file("g.yaml", "tasks:\n  - id: a\n    command: x\n    timeout: soon\n").unwrap_err();
+        assert!(e.to_string().starts_with("g.yaml:4:"), "{e}");
+        let e = parse_graph_file("g.json", "{\"tasks\": [}").unwrap_err();
+        assert!(e.to_string().starts_with("g.json:1:"), "{e}");
+    }
+
+    #[test]
+    fn parses_nx_task_graph_json() {
+        let text = r#"{"graph": {}, "tasks": {"tasks": {
+            "app:build:production": {"id": "app:build:production", "target": {"project": "app", "target": "build", "configuration": "production"}, "outputs": ["dist/app"]},
+            "lib:build": {"id": "lib:build", "target": {"project": "lib", "target": "build"}, "cache": false}
+        }, "dependencies": {"app:build:production": ["lib:build"], "lib:build": []}}}"#;
+        let f = parse_graph_file("nx.json", text).unwrap();
+        let app = &f.graph.tasks[f.graph.index["app:build:production"]];
+        assert_eq!(app.command, "npx nx run app:build:production --excludeTaskDependencies");
+        assert_eq!(app.configuration.as_deref(), Some("production"));
+        assert_eq!(app.depends_on, ["lib:build"]);
+        assert!(!f.graph.tasks[f.graph.index["lib:build"]].cache);
+    }
+}

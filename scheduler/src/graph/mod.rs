@@ -1,0 +1,32 @@
+//! A validated task graph: unique ids, known dependencies, no cycle.
+
+mod file;
+mod validate;
+
+pub use file::{parse_graph_file, GraphFile};
+pub use validate::{find_cycle, TaskGraph};
+
+use thiserror::Error;
+
+/// A problem with a submitted graph. Each names the place: file and line, or the tasks.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum GraphError {
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax { path: String, line: u32, column: u32, message: String },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{place}task `{task}` is defined twice")]
+    DuplicateId { place: String, task: String },
+    #[error("{place}task `{task}` depends on unknown task `{dependency}`")]
+    UnknownDependency { place: String, task: String, dependency: String },
+    #[error("{place}task `{task}` depends on itself")]
+    SelfDependency { place: String, task: String },
+    #[error("the graph has a cycle: {}", cycle.join(" -> "))]
+    Cycle { cycle: Vec<String> },
+    #[error("{place}task `{task}` has an empty command")]
+    EmptyCommand { place: String, task: String },
+    #[error("{place}a task has an empty id")]
+    EmptyId { place: String },
+    #[error("the graph has no tasks")]
+    Empty,
+}

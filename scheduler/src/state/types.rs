@@ -1,0 +1,224 @@
+//! The values that go in and out of the scheduler.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::graph::GraphError;
+use crate::rules::{RuleErrors, RuleSet};
+
+/// An agent as the scheduler knows it; stable across reconnects of the same agent process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AgentId(pub u64);
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "agent-{}", self.0)
+    }
+}
+
+/// A lease: the right of one agent to run one attempt of one task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LeaseId(pub u64);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for LeaseId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(LeaseId)
+    }
+}
+
+/// What an agent says when it connects.
+#[derive(Clone, Debug, Default)]
+pub struct Hello {
+    pub name: String,
+    pub instance_id: String,
+    pub launch_template: String,
+    pub slots: u32,
+    /// CI agents serve only the run of this CI execution and are stopped when it ends.
+    pub ci_execution_id: Option<String>,
+    /// Leases the agent still holds (after a reconnect).
+    pub held: Vec<Held>,
+}
+
+/// A lease an agent reports holding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub lease: LeaseId,
+    pub token: u64,
+}
+
+/// How a run is set up (`drover start-ci-run`).
+#[derive(Clone, Debug, Default)]
+pub struct RunSpec {
+    pub ci_execution_id: String,
+    pub execution_env: String,
+    pub attempt: u32,
+    pub rules: RuleSet,
+    /// When every task of these targets has ended (and nothing else is left), the run is done.
+    pub stop_agents_after: Vec<String>,
+    /// Forwarded to every task of the run.
+    pub env: BTreeMap<String, String>,
+    /// Times a failed task is tried again (on another agent where one exists).
+    pub retries: u32,
+    /// After the first failure no new task starts and the run ends failed.
+    pub stop_on_failure: bool,
+    /// Timeout for tasks that give none.
+    pub default_timeout: Option<Duration>,
+}
+
+/// A lease as sent to an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub lease: LeaseId,
+    pub token: u64,
+    pub run_id: String,
+    pub task_id: String,
+    pub command: String,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+/// How one attempt ended, as the agent reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskResult {
+    pub exit_code: i32,
+    pub duration: Duration,
+    /// Why there is no exit code of the task's own ("timed out after 10s").
+    pub error: Option<String>,
+}
+
+impl TaskResult {
+    pub fn success(duration: Duration) -> Self {
+        TaskResult { exit_code: 0, duration, error: None }
+    }
+
+    pub fn exit(code: i32, duration: Duration) -> Self {
+        TaskResult { exit_code: code, duration, error: None }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == 0 && self.error.is_none()
+    }
+}
+
+/// Where a task stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Skipped)
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Skipped => "skipped",
+        })
+    }
+}
+
+/// A task's final (or current) state, for summaries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSummary {
+    pub task: String,
+    pub status: TaskStatus,
+    pub reason: String,
+    pub agent: String,
+    pub duration: Duration,
+    pub attempts: u32,
+    pub flaky: bool,
+}
+
+/// One attempt of a task ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskFinished {
+    pub task: String,
+    pub submissions: Vec<u64>,
+    pub status: TaskStatus,
+    pub exit_code: Option<i32>,
+    pub reason: String,
+    pub agent: String,
+    pub duration: Duration,
+    pub attempt: u32,
+    pub flaky: bool,
+    /// The attempt failed and the task will run again.
+    pub retrying: bool,
+}
+
+/// Something the main job should hear about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEvent {
+    TaskStarted { task: String, submissions: Vec<u64>, agent: String, template: String, attempt: u32 },
+    TaskFinished(TaskFinished),
+    /// A lease was taken back (agent lost, drained); the task is queued again.
+    TaskRequeued { task: String, submissions: Vec<u64>, reason: String, attempt: u32 },
+    /// Ready tasks that no connected agent may run.
+    Waiting { submissions: Vec<u64>, tasks: Vec<String>, reason: String },
+    SubmissionDone { submission: u64, success: bool, tasks: Vec<TaskSummary> },
+    RunDone { success: bool, reason: String },
+}
+
+/// What the owner of the scheduler must do after a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send this lease to the agent.
+    Lease { agent: AgentId, grant: LeaseGrant },
+    /// Tell the agent to kill the task of a lease it must no longer run.
+    Cancel { agent: AgentId, lease: LeaseId, reason: String },
+    /// Tell the agent to exit: its run is over.
+    Stop { agent: AgentId, reason: String },
+    /// Record and forward an event of a run.
+    Run { run_id: String, event: RunEvent },
+}
+
+/// A message from an agent that does not belong to an active lease of that agent.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Refused {
+    #[error("lease {0} is not active (it was revoked or has finished)")]
+    UnknownLease(LeaseId),
+    #[error("lease {lease} has fencing token {expected}, not {got}")]
+    WrongToken { lease: LeaseId, expected: u64, got: u64 },
+    #[error("lease {lease} belongs to another agent")]
+    WrongAgent { lease: LeaseId },
+}
+
+/// Requests the scheduler turns down.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SchedError {
+    #[error("no run `{0}`")]
+    UnknownRun(String),
+    #[error("run `{0}` has already ended")]
+    RunEnded(String),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error("{0}")]
+    Rules(#[from] RuleErrors),
+    #[error("{0} is not connected")]
+    UnknownAgent(AgentId),
+    #[error("agent `{name}`: {message}")]
+    BadAgent { name: String, message: String },
+}
