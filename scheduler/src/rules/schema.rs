@@ -182,6 +182,9 @@ fn read_rule(index: usize, node: &Node, errors: &mut Collector) -> Rule {
     // Which spelling each property (and run-on) was given under, to refuse both at once.
     let mut property_keys: [Option<&str>; 3] = [None; 3];
     let mut run_on_key: Option<&str> = None;
+    // Keys we suggested for misspelt ones: a misspelt `run-on` is reported once, as such,
+    // not again as a missing `run-on`.
+    let mut suggested: Vec<&str> = Vec::new();
     for (key, value) in entries {
         let Some(name) = key.as_str() else {
             errors.push(key.at, rule_no, unknown_key(key, RULE_KEYS));
@@ -210,14 +213,21 @@ fn read_rule(index: usize, node: &Node, errors: &mut Collector) -> Rule {
             run_on_key = Some(name);
             read_run_on(name, value, rule_no, &mut rule, errors);
         } else {
+            suggested.extend(closest(name, RULE_KEYS));
             errors.push(key.at, rule_no, unknown_key(key, RULE_KEYS));
         }
     }
 
-    if property_keys.iter().all(Option::is_none) {
+    let property_suggested = suggested.iter().any(|s| {
+        PROPERTIES
+            .iter()
+            .any(|&(current, old)| *s == current || *s == old)
+    });
+    if property_keys.iter().all(Option::is_none) && !property_suggested {
         errors.push(node.at, rule_no, MISSING_PROPERTIES);
     }
-    if run_on_key.is_none() {
+    let run_on_suggested = suggested.iter().any(|s| *s == RUN_ON || *s == RUNS_ON);
+    if run_on_key.is_none() && !run_on_suggested {
         errors.push(node.at, rule_no, "`run-on` is missing");
     }
     rule

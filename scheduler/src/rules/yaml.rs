@@ -123,7 +123,15 @@ fn build(raw: Spanned<Raw>, text: &str) -> Node {
         Raw::Map(entries) => Value::Map(
             entries
                 .into_iter()
-                .map(|(k, v)| (build(k, text), build(v, text)))
+                .map(|(k, v)| {
+                    let key = build(k, text);
+                    let mut value = build(v, text);
+                    // `run-on:` with nothing after it: point at `run-on`, not past its colon.
+                    if matches!(value.value, Value::Null) && value.written.is_none() {
+                        value.at = key.at;
+                    }
+                    (key, value)
+                })
                 .collect(),
         ),
     };
