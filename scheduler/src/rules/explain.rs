@@ -1,5 +1,7 @@
 //! Why a task got the rule it got, for people (`reason`) and for tools (`ExplainRecord`).
 
+use std::fmt;
+
 use super::precedence::{self, Priority};
 use super::{Rule, RunOn};
 
@@ -35,6 +37,13 @@ impl Explanation {
             rule: self.rule,
             run_on: self.run_on.clone(),
         }
+    }
+}
+
+/// `app1:build:production: rule 1 (...; priority 1) — ...`
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.task, self.reason)
     }
 }
 

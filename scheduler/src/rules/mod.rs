@@ -1,11 +1,11 @@
 //! Nx-compatible assignment rules: which launch templates may run a task, and with what
 //! per-agent parallelism. See `../shared/reference/nx-assignment-rules.md`.
 //!
-//! A file is read in three steps: [`yaml`] turns the text into a tree of positioned nodes,
-//! [`schema`] reads rules (current and deprecated Nx schema) out of that tree, collecting every
-//! problem it finds, and [`validate`] cross-checks agent types against `distribute-on`
-//! changesets or a caller's list. [`precedence`] picks the one rule for a task, [`glob`] matches
-//! names, and [`explain`] says why.
+//! A file is read in three steps: `yaml` turns the text into a tree of positioned nodes,
+//! `schema` reads rules (current and deprecated Nx schema) out of that tree, collecting every
+//! problem it finds, and `validate` cross-checks agent types against `distribute-on`
+//! changesets or a caller's list. `precedence` picks the one rule for a task, `glob` matches
+//! names, and `explain` says why.
 
 mod distribute_on;
 mod error;

@@ -84,6 +84,10 @@ fn explain_says_why() {
     );
     let e = rules.explain("app1", "e2e-ci", Some("production"));
     assert_eq!(e.task, "app1:e2e-ci:production");
+    assert_eq!(
+        e.to_string(),
+        "app1:e2e-ci:production: rule 1 (targets: e2e-ci*, projects: app1; priority 4) — more specific than rule 2 (priority 6)"
+    );
     assert_eq!(e.rule, Some(0));
     assert_eq!(e.priority.map(|p| p.get()), Some(4));
     assert_eq!(
