@@ -1,1 +1,39 @@
+//! Drover's agent: holds one stream to the coordinator, runs leased tasks in the local
+//! checkout, streams their output and reports their results.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), drover_agent::AgentError> {
+//! use drover_agent::{AgentConfig, Shutdown};
+//! let config = AgentConfig {
+//!     coordinator: "http://127.0.0.1:50051".into(),
+//!     name: "agent-1".into(),
+//!     instance_id: AgentConfig::new_instance_id(),
+//!     launch_template: "linux-medium".into(),
+//!     slots: 4,
+//!     ci_execution_id: None,
+//!     workdir: ".".into(),
+//!     drain_timeout: AgentConfig::DEFAULT_DRAIN_TIMEOUT,
+//!     connect_timeout: AgentConfig::DEFAULT_CONNECT_TIMEOUT,
+//! };
+//! let shutdown = Shutdown::from_signals().expect("signal handlers");
+//! let exit = drover_agent::run(config, shutdown).await?;
+//! std::process::exit(exit.exit_code());
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+mod agent;
+mod backoff;
+mod config;
+mod connection;
+mod error;
+mod executor;
+mod humanize;
+mod outbox;
+mod session;
+mod shutdown;
+
+pub use agent::{AgentExit, run};
+pub use config::AgentConfig;
+pub use error::AgentError;
+pub use shutdown::{Shutdown, ShutdownHandle, ShutdownRequest};

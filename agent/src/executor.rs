@@ -1,0 +1,791 @@
+//! Runs leased tasks: `sh -c <command>` in the agent's checkout, each in its own process
+//! group, stdout and stderr streamed in chunks as they arrive, a timeout that takes the whole
+//! group down, and a guard that kills the group however the agent ends.
+//!
+//! [`TaskSet`] owns every supervisor task and every process group; dropping it kills them all
+//! synchronously, so even an error path or a `process::exit` right after `run` returns leaves
+//! no task process behind.
+
+use std::collections::HashMap;
+use std::future::pending;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use drover_proto::v1::{Finished, Lease, OutputStream};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{self, JoinError, JoinSet};
+
+use crate::humanize::human_duration;
+
+/// The largest output chunk read and sent at once.
+pub(crate) const OUTPUT_CHUNK: usize = 16 * 1024;
+/// Between SIGTERM and SIGKILL when a task times out or is cancelled.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(3);
+/// How long to keep reading output after the task's group is gone, for pipes held open by a
+/// process that escaped the group.
+pub(crate) const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// Task events waiting for the agent loop; a full queue slows the task's output, not the agent.
+const EVENT_QUEUE: usize = 256;
+
+/// What every task of this agent shares.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecContext {
+    pub(crate) workdir: PathBuf,
+    pub(crate) agent_name: String,
+    pub(crate) launch_template: String,
+    pub(crate) kill_grace: Duration,
+    pub(crate) pipe_drain_limit: Duration,
+}
+
+/// One task to run, taken from a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaskSpec {
+    pub(crate) lease_id: String,
+    pub(crate) token: u64,
+    pub(crate) run_id: String,
+    pub(crate) task_id: String,
+    pub(crate) command: String,
+    pub(crate) env: HashMap<String, String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) attempt: u32,
+}
+
+impl From<Lease> for TaskSpec {
+    fn from(lease: Lease) -> Self {
+        Self {
+            lease_id: lease.lease_id,
+            token: lease.fencing_token,
+            run_id: lease.run_id,
+            task_id: lease.task_id,
+            command: lease.command,
+            env: lease.env,
+            timeout: (lease.timeout_ms > 0).then(|| Duration::from_millis(lease.timeout_ms)),
+            attempt: lease.attempt,
+        }
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaskResult {
+    pub(crate) lease_id: String,
+    pub(crate) token: u64,
+    /// The process's exit code; -1 when it did not exit on its own.
+    pub(crate) exit_code: i32,
+    pub(crate) duration: Duration,
+    /// Why there is no exit code of the process's own ("timed out after 10s").
+    pub(crate) error: String,
+}
+
+impl TaskResult {
+    /// A result for a task that never ran.
+    pub(crate) fn not_run(lease_id: &str, token: u64, error: String) -> Self {
+        Self {
+            lease_id: lease_id.to_owned(),
+            token,
+            exit_code: -1,
+            duration: Duration::ZERO,
+            error,
+        }
+    }
+
+    pub(crate) fn into_finished(self) -> Finished {
+        Finished {
+            lease_id: self.lease_id,
+            fencing_token: self.token,
+            exit_code: self.exit_code,
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            error: self.error,
+        }
+    }
+}
+
+/// What running tasks report to the agent loop, in order per task: output chunks, then one
+/// `Finished` (none for a cancelled task).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TaskEvent {
+    Output {
+        lease_id: String,
+        token: u64,
+        stream: OutputStream,
+        data: Vec<u8>,
+    },
+    Finished(TaskResult),
+}
+
+/// A task's process group. Killed with SIGKILL when dropped unless it already was.
+#[derive(Debug)]
+struct ProcessGroup {
+    pgid: Pid,
+    killed: AtomicBool,
+}
+
+impl ProcessGroup {
+    fn new(leader: u32) -> Self {
+        let pgid = Pid::from_raw(i32::try_from(leader).unwrap_or(0));
+        Self {
+            pgid,
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `signal` to the whole group, unless it was already killed.
+    fn signal(&self, signal: Signal) {
+        if !self.killed.load(Ordering::SeqCst) {
+            self.send(signal);
+        }
+    }
+
+    /// SIGKILL to the whole group, once; later signals are not sent (the group id may be
+    /// reused once its processes are gone).
+    fn kill(&self) {
+        if !self.killed.swap(true, Ordering::SeqCst) {
+            self.send(Signal::SIGKILL);
+        }
+    }
+
+    fn send(&self, signal: Signal) {
+        // Group ids 0 and 1 would mean our own group and init: never signal those.
+        if self.pgid.as_raw() <= 1 {
+            return;
+        }
+        match killpg(self.pgid, signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(error) => {
+                tracing::warn!(pgid = self.pgid.as_raw(), ?signal, %error, "could not signal a task's process group")
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Running {
+    token: u64,
+    supervisor: task::Id,
+    cancel: oneshot::Sender<()>,
+}
+
+/// The running tasks of one agent: their supervisors, process groups and events.
+pub(crate) struct TaskSet {
+    ctx: ExecContext,
+    running: HashMap<String, Running>,
+    groups: HashMap<task::Id, Arc<ProcessGroup>>,
+    leases: HashMap<task::Id, (String, u64)>,
+    supervisors: JoinSet<()>,
+    events_tx: mpsc::Sender<TaskEvent>,
+    events_rx: mpsc::Receiver<TaskEvent>,
+}
+
+impl TaskSet {
+    pub(crate) fn new(ctx: ExecContext) -> Self {
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        Self {
+            ctx,
+            running: HashMap::new(),
+            groups: HashMap::new(),
+            leases: HashMap::new(),
+            supervisors: JoinSet::new(),
+            events_tx,
+            events_rx,
+        }
+    }
+
+    /// Tasks started and neither finished, cancelled nor killed.
+    #[cfg(test)]
+    pub(crate) fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Spawns the task's process and its supervisor. An error means nothing was started.
+    pub(crate) fn start(&mut self, spec: TaskSpec) -> io::Result<()> {
+        let ctx = &self.ctx;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&spec.command)
+            .current_dir(&ctx.workdir)
+            .envs(&spec.env)
+            .env("DROVER_AGENT_NAME", &ctx.agent_name)
+            .env("DROVER_LAUNCH_TEMPLATE", &ctx.launch_template)
+            .env("DROVER_TASK_ID", &spec.task_id)
+            .env("DROVER_RUN_ID", &spec.run_id)
+            .env("DROVER_ATTEMPT", spec.attempt.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let child = command.spawn().map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("cannot run `sh -c` in {}: {error}", ctx.workdir.display()),
+            )
+        })?;
+        let Some(pid) = child.id() else {
+            return Err(io::Error::other(
+                "the task process vanished before it had a pid",
+            ));
+        };
+        let group = Arc::new(ProcessGroup::new(pid));
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let supervisor = Supervisor {
+            child,
+            group: Arc::clone(&group),
+            lease_id: spec.lease_id.clone(),
+            token: spec.token,
+            timeout: spec.timeout,
+            started,
+            kill_grace: ctx.kill_grace,
+            pipe_drain_limit: ctx.pipe_drain_limit,
+            events: self.events_tx.clone(),
+        };
+        let id = self.supervisors.spawn(supervisor.run(cancel_rx)).id();
+        self.groups.insert(id, group);
+        self.leases.insert(id, (spec.lease_id.clone(), spec.token));
+        self.running.insert(
+            spec.lease_id,
+            Running {
+                token: spec.token,
+                supervisor: id,
+                cancel: cancel_tx,
+            },
+        );
+        Ok(())
+    }
+
+    /// Kills the task's process group (SIGTERM, then SIGKILL after the grace) and forgets
+    /// the task: no `Finished` will come for it. False when no such task runs.
+    pub(crate) fn cancel(&mut self, lease_id: &str) -> bool {
+        match self.running.remove(lease_id) {
+            Some(running) => {
+                // An error means the supervisor is already past waiting: nothing left to stop.
+                let _ = running.cancel.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SIGKILLs every task's process group now, cancelled ones included, and forgets them.
+    /// Returns how many tasks were still running.
+    pub(crate) fn kill_all(&mut self) -> usize {
+        for group in self.groups.values() {
+            group.kill();
+        }
+        let killed = self.running.len();
+        self.running.clear();
+        killed
+    }
+
+    /// The next output chunk or result of any task. Cancel-safe.
+    pub(crate) async fn next_event(&mut self) -> TaskEvent {
+        loop {
+            tokio::select! {
+                Some(event) = self.events_rx.recv() => {
+                    if let TaskEvent::Finished(result) = &event {
+                        self.forget(&result.lease_id, result.token);
+                    }
+                    return event;
+                }
+                Some(joined) = self.supervisors.join_next_with_id(), if !self.supervisors.is_empty() => {
+                    if let Some(event) = self.reap(joined) {
+                        return event;
+                    }
+                }
+                else => pending::<()>().await,
+            }
+        }
+    }
+
+    fn forget(&mut self, lease_id: &str, token: u64) {
+        if self.running.get(lease_id).is_some_and(|r| r.token == token) {
+            self.running.remove(lease_id);
+        }
+    }
+
+    /// Bookkeeping for a supervisor that ended; a panicked one still owes its task a result.
+    fn reap(&mut self, joined: Result<(task::Id, ()), JoinError>) -> Option<TaskEvent> {
+        let id = match &joined {
+            Ok((id, ())) => *id,
+            Err(error) => error.id(),
+        };
+        self.groups.remove(&id);
+        let (lease_id, token) = self.leases.remove(&id)?;
+        let error = joined.err().filter(JoinError::is_panic)?;
+        tracing::error!(lease_id, %error, "a task supervisor panicked; its process group was killed");
+        let owed = self
+            .running
+            .get(&lease_id)
+            .is_some_and(|r| r.supervisor == id);
+        owed.then(|| {
+            self.running.remove(&lease_id);
+            TaskEvent::Finished(TaskResult::not_run(
+                &lease_id,
+                token,
+                format!("agent bug: the task supervisor panicked: {error}"),
+            ))
+        })
+    }
+}
+
+impl Drop for TaskSet {
+    fn drop(&mut self) {
+        let killed = self.kill_all();
+        if killed > 0 {
+            tracing::warn!(killed, "killed running tasks because the agent is exiting");
+        }
+    }
+}
+
+/// Watches one task from spawn to result.
+struct Supervisor {
+    child: Child,
+    group: Arc<ProcessGroup>,
+    lease_id: String,
+    token: u64,
+    timeout: Option<Duration>,
+    started: Instant,
+    kill_grace: Duration,
+    pipe_drain_limit: Duration,
+    events: mpsc::Sender<TaskEvent>,
+}
+
+enum Ending {
+    Exited,
+    TimedOut(Duration),
+    Cancelled,
+}
+
+impl Supervisor {
+    async fn run(mut self, mut cancel: oneshot::Receiver<()>) {
+        let mut pumps = JoinSet::new();
+        if let Some(stdout) = self.child.stdout.take() {
+            pumps.spawn(self.pump(stdout, OutputStream::Stdout));
+        }
+        if let Some(stderr) = self.child.stderr.take() {
+            pumps.spawn(self.pump(stderr, OutputStream::Stderr));
+        }
+        let deadline = self
+            .timeout
+            .map(|t| tokio::time::Instant::from_std(self.started + t));
+        let (ending, status) = tokio::select! {
+            status = self.child.wait() => (Ending::Exited, status),
+            () = sleep_until(deadline) => {
+                let status = self.stop_group().await;
+                (Ending::TimedOut(self.timeout.unwrap_or_default()), status)
+            }
+            // A dropped sender means the agent is going away: stop the task too.
+            _ = &mut cancel => (Ending::Cancelled, self.stop_group().await),
+        };
+        let duration = self.started.elapsed();
+        // Whatever the task left running in its group goes with it.
+        self.group.kill();
+        let drained = tokio::time::timeout(self.pipe_drain_limit, async {
+            while pumps.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                lease_id = self.lease_id,
+                "a process outside the task's group still holds its output open; stopped reading after {}",
+                human_duration(self.pipe_drain_limit)
+            );
+        }
+        let (exit_code, error) = match ending {
+            Ending::Cancelled => return,
+            Ending::TimedOut(limit) => (-1, format!("timed out after {}", human_duration(limit))),
+            Ending::Exited => describe(status),
+        };
+        let result = TaskResult {
+            lease_id: self.lease_id,
+            token: self.token,
+            exit_code,
+            duration,
+            error,
+        };
+        // An error means the agent loop is gone, and with it anyone to tell.
+        let _ = self.events.send(TaskEvent::Finished(result)).await;
+    }
+
+    /// SIGTERM to the group, SIGKILL after the grace; returns the leader's status.
+    async fn stop_group(&mut self) -> io::Result<ExitStatus> {
+        self.group.signal(Signal::SIGTERM);
+        if let Ok(status) = tokio::time::timeout(self.kill_grace, self.child.wait()).await {
+            return status;
+        }
+        self.group.kill();
+        self.child.wait().await
+    }
+
+    fn pump(
+        &self,
+        mut reader: impl AsyncRead + Unpin + Send + 'static,
+        stream: OutputStream,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let events = self.events.clone();
+        let (lease_id, token) = (self.lease_id.clone(), self.token);
+        async move {
+            let mut buf = vec![0u8; OUTPUT_CHUNK];
+            loop {
+                let n = match reader.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => {
+                        tracing::warn!(lease_id, ?stream, %error, "reading task output failed");
+                        return;
+                    }
+                };
+                let data = buf[..n].to_vec();
+                let event = TaskEvent::Output {
+                    lease_id: lease_id.clone(),
+                    token,
+                    stream,
+                    data,
+                };
+                if events.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => pending().await,
+    }
+}
+
+/// The exit code and error text for a process status.
+fn describe(status: io::Result<ExitStatus>) -> (i32, String) {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => (code, String::new()),
+            (None, Some(signal)) => (-1, format!("killed by signal {signal}")),
+            (None, None) => (-1, format!("ended without an exit code ({status})")),
+        },
+        Err(error) => (-1, format!("could not wait for the task process: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ctx(workdir: PathBuf) -> ExecContext {
+        ExecContext {
+            workdir,
+            agent_name: "agent-7".into(),
+            launch_template: "linux-large".into(),
+            kill_grace: Duration::from_millis(500),
+            pipe_drain_limit: Duration::from_millis(500),
+        }
+    }
+
+    fn spec(command: &str) -> TaskSpec {
+        TaskSpec {
+            lease_id: "lease-1".into(),
+            token: 42,
+            run_id: "run-9".into(),
+            task_id: "app:test".into(),
+            command: command.into(),
+            env: HashMap::from([("FROM_LEASE".into(), "yes".into())]),
+            timeout: None,
+            attempt: 2,
+        }
+    }
+
+    #[derive(Default, Debug)]
+    struct Collected {
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        stdout_chunks: usize,
+    }
+
+    impl Collected {
+        fn stdout(&self) -> String {
+            String::from_utf8_lossy(&self.stdout).into_owned()
+        }
+    }
+
+    /// Collects events until the task's result, failing after `limit`.
+    async fn until_finished(tasks: &mut TaskSet, limit: Duration) -> (Collected, TaskResult) {
+        let mut collected = Collected::default();
+        let wait = async {
+            loop {
+                match tasks.next_event().await {
+                    TaskEvent::Output {
+                        token,
+                        stream,
+                        data,
+                        ..
+                    } => {
+                        assert_eq!(token, 42);
+                        match stream {
+                            OutputStream::Stdout => {
+                                collected.stdout_chunks += 1;
+                                collected.stdout.extend(data);
+                            }
+                            _ => collected.stderr.extend(data),
+                        }
+                    }
+                    TaskEvent::Finished(result) => return result,
+                }
+            }
+        };
+        let result = tokio::time::timeout(limit, wait)
+            .await
+            .expect("the task did not finish in time");
+        (collected, result)
+    }
+
+    fn run_one(command: &str) -> (TaskSet, TaskSpec) {
+        let mut tasks = TaskSet::new(ctx(std::env::temp_dir()));
+        let spec = spec(command);
+        tasks.start(spec.clone()).expect("spawn");
+        (tasks, spec)
+    }
+
+    /// Alive and not a zombie (a zombie is dead, merely not reaped by its new parent yet).
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                let state = stat
+                    .rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next());
+                !matches!(state, Some('Z' | 'X'))
+            })
+            .unwrap_or(false)
+    }
+
+    async fn gone_within(pid: i32, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        !alive(pid)
+    }
+
+    /// Reads the first stdout line as a pid.
+    async fn first_pid(tasks: &mut TaskSet) -> i32 {
+        let mut line = Vec::new();
+        while !line.contains(&b'\n') {
+            match tasks.next_event().await {
+                TaskEvent::Output {
+                    stream: OutputStream::Stdout,
+                    data,
+                    ..
+                } => line.extend(data),
+                TaskEvent::Output { .. } => {}
+                TaskEvent::Finished(result) => panic!("finished before printing a pid: {result:?}"),
+            }
+        }
+        String::from_utf8_lossy(&line)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
+    #[tokio::test]
+    async fn reports_both_streams_and_the_exit_code() {
+        let (mut tasks, _) = run_one("echo hi; echo err >&2; exit 3");
+        let (out, result) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+        assert_eq!(out.stdout(), "hi\n");
+        assert_eq!(out.stderr, b"err\n");
+        assert_eq!((result.exit_code, result.error.as_str()), (3, ""));
+        assert_eq!((result.lease_id.as_str(), result.token), ("lease-1", 42));
+        assert_eq!(tasks.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn output_arrives_while_the_task_runs() {
+        let (mut tasks, _) = run_one("echo first; sleep 0.3; echo second");
+        let first = tokio::time::timeout(Duration::from_millis(250), tasks.next_event())
+            .await
+            .expect("the first line should arrive before the task ends");
+        assert!(
+            matches!(first, TaskEvent::Output { ref data, .. } if data == b"first\n"),
+            "{first:?}"
+        );
+        let (out, result) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+        assert_eq!((out.stdout(), result.exit_code), ("second\n".to_owned(), 0));
+    }
+
+    #[tokio::test]
+    async fn large_output_comes_in_bounded_chunks_without_loss() {
+        let (mut tasks, _) = run_one("head -c 200000 /dev/zero");
+        let (out, result) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+        assert_eq!(result.exit_code, 0);
+        assert_eq!(out.stdout.len(), 200_000);
+        assert!(
+            out.stdout_chunks >= 200_000 / OUTPUT_CHUNK,
+            "{} chunks",
+            out.stdout_chunks
+        );
+    }
+
+    #[tokio::test]
+    async fn sets_the_drover_environment_and_the_lease_env() {
+        let (mut tasks, _) = run_one(
+            r#"echo "$DROVER_AGENT_NAME|$DROVER_LAUNCH_TEMPLATE|$DROVER_TASK_ID|$DROVER_RUN_ID|$DROVER_ATTEMPT|$FROM_LEASE""#,
+        );
+        let (out, _) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+        assert_eq!(out.stdout(), "agent-7|linux-large|app:test|run-9|2|yes\n");
+    }
+
+    #[tokio::test]
+    async fn runs_in_the_working_directory_with_stdin_closed() {
+        let dir = std::env::temp_dir().join(format!("drover-agent-workdir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create workdir");
+        std::fs::write(dir.join("marker.txt"), "here").expect("write marker");
+        let mut tasks = TaskSet::new(ctx(dir.clone()));
+        tasks
+            .start(spec("cat marker.txt; cat; echo"))
+            .expect("spawn");
+        let (out, result) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!((out.stdout(), result.exit_code), ("here\n".to_owned(), 0));
+    }
+
+    #[tokio::test]
+    async fn a_missing_working_directory_is_a_spawn_error() {
+        let mut tasks = TaskSet::new(ctx("/no/such/drover/dir".into()));
+        let error = tasks.start(spec("true")).expect_err("spawn must fail");
+        assert!(error.to_string().contains("/no/such/drover/dir"), "{error}");
+        assert_eq!(tasks.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_task_and_its_grandchildren() {
+        let mut tasks = TaskSet::new(ctx(std::env::temp_dir()));
+        let timeout = Duration::from_millis(300);
+        tasks
+            .start(TaskSpec {
+                timeout: Some(timeout),
+                ..spec("sleep 30 & echo $!; wait")
+            })
+            .expect("spawn");
+        let started = Instant::now();
+        let grandchild = first_pid(&mut tasks).await;
+        let (_, result) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+        assert_eq!(
+            (result.exit_code, result.error.as_str()),
+            (-1, "timed out after 300ms")
+        );
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            gone_within(grandchild, Duration::from_millis(500)).await,
+            "grandchild {grandchild} survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_ignoring_sigterm_is_killed_after_the_grace() {
+        let mut tasks = TaskSet::new(ctx(std::env::temp_dir()));
+        let timeout = Duration::from_millis(100);
+        let command = "trap '' TERM; echo $$; while :; do sleep 0.05; done";
+        tasks
+            .start(TaskSpec {
+                timeout: Some(timeout),
+                ..spec(command)
+            })
+            .expect("spawn");
+        let started = Instant::now();
+        let shell = first_pid(&mut tasks).await;
+        let (_, result) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+        assert_eq!(result.error, "timed out after 100ms");
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(500),
+            "SIGKILL came before the grace: {elapsed:?}"
+        );
+        assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+        assert!(gone_within(shell, Duration::from_millis(500)).await);
+    }
+
+    #[tokio::test]
+    async fn background_leftovers_are_killed_when_the_task_exits() {
+        let (mut tasks, _) = run_one("sleep 30 & echo $!");
+        let started = Instant::now();
+        let (out, result) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+        let leftover: i32 = out.stdout().trim().parse().expect("a pid");
+        assert_eq!(result.exit_code, 0);
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "the leftover held the pipe open"
+        );
+        assert!(
+            gone_within(leftover, Duration::from_millis(500)).await,
+            "leftover {leftover} survived"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_signal_death_is_reported_as_such() {
+        let (mut tasks, _) = run_one("kill -9 $$");
+        let (_, result) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+        assert_eq!(
+            (result.exit_code, result.error.as_str()),
+            (-1, "killed by signal 9")
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_group_and_reports_nothing() {
+        let (mut tasks, spec) = run_one("sleep 30 & echo $!; wait");
+        let grandchild = first_pid(&mut tasks).await;
+        assert!(tasks.cancel(&spec.lease_id));
+        assert!(!tasks.cancel(&spec.lease_id), "already forgotten");
+        assert!(
+            gone_within(grandchild, Duration::from_secs(1)).await,
+            "grandchild {grandchild} survived"
+        );
+        let quiet = tokio::time::timeout(Duration::from_millis(300), tasks.next_event()).await;
+        assert!(
+            quiet.is_err(),
+            "a cancelled task sends no result: {quiet:?}"
+        );
+        assert_eq!(tasks.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_task_set_kills_every_group() {
+        let (mut tasks, _) = run_one("sleep 30 & echo $!; wait");
+        let grandchild = first_pid(&mut tasks).await;
+        drop(tasks);
+        assert!(
+            gone_within(grandchild, Duration::from_millis(500)).await,
+            "grandchild {grandchild} survived"
+        );
+    }
+}
