@@ -1,1 +1,102 @@
-fn main() {}
+//! `drover`: distributed task execution for CI. One binary for the coordinator, the agents,
+//! the CI main job and operators.
+#![forbid(unsafe_code)]
+
+mod ci_env;
+mod client;
+mod commands;
+mod error;
+mod follow;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::{agent, coordinator, demo, exec, rules, run};
+use error::CliError;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "drover",
+    version,
+    about = "Self-hosted distributed task execution for CI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the coordinator: keeps runs and task graphs, leases tasks to agents.
+    Coordinator(coordinator::CoordinatorArgs),
+    /// Run an agent: pull task leases from the coordinator and run them.
+    #[command(alias = "start-agent")]
+    Agent(agent::AgentArgs),
+    /// Main job: open a CI run (once per pipeline) and remember it for later commands.
+    StartCiRun(run::StartArgs),
+    /// Main job: submit a task graph to the run and follow it to the end.
+    Exec(exec::ExecArgs),
+    /// Main job: the run has no more work; its CI agents exit when the last task ends.
+    #[command(alias = "stop-all-agents")]
+    CompleteCiRun(run::RunRefArgs),
+    /// Check assignment rules, or explain which rule each task gets.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
+    /// A coordinator, three agents and a sample graph in one process.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Coordinator(_) | Command::Agent(_));
+    init_tracing(if quiet { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{}", prefixed(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `drover: ` before the message, except for file errors, which start with their place.
+fn prefixed(e: &CliError) -> String {
+    match e {
+        CliError::Input(text) => text.clone(),
+        other => format!("drover: {other}"),
+    }
+}
+
+async fn dispatch(command: Command) -> Result<u8, CliError> {
+    match command {
+        Command::Coordinator(args) => coordinator::run(args).await,
+        Command::Agent(args) => agent::run(args).await,
+        Command::StartCiRun(args) => run::start(args).await,
+        Command::Exec(args) => exec::run(args).await,
+        Command::CompleteCiRun(args) => run::complete(args).await,
+        Command::Rules(cmd) => rules::run(cmd),
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

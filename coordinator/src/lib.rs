@@ -1,1 +1,154 @@
+//! Drover's coordinator: keeps each run's task graph, streams leases to agents, serves the main
+//! job and operators over gRPC (with reflection and health) and HTTP.
 #![forbid(unsafe_code)]
+
+mod actor;
+mod config;
+mod convert;
+mod error;
+mod http;
+mod runlog;
+mod service;
+mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use drover_proto::v1::admin_service_server::AdminServiceServer;
+use drover_proto::v1::agent_service_server::AgentServiceServer;
+use drover_proto::v1::run_service_server::RunServiceServer;
+use drover_scheduler::state::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::CoordinatorConfig;
+pub use convert::task_to_proto;
+pub use error::CoordError;
+
+use actor::{Actor, Handle};
+use service::admin::AdminSvc;
+use service::agent::AgentSvc;
+use service::run::RunSvc;
+
+/// A coordinator whose ports are bound, ready to serve.
+pub struct Coordinator {
+    grpc: TcpListener,
+    http: TcpListener,
+    actor: Actor,
+    handle: Handle,
+}
+
+impl Coordinator {
+    /// Binds both ports and opens the data dir.
+    pub async fn bind(config: CoordinatorConfig) -> Result<Coordinator, CoordError> {
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| CoordError::Bind {
+                addr: config.listen.to_string(),
+                source,
+            })?;
+        let http = TcpListener::bind(config.http_listen)
+            .await
+            .map_err(|source| CoordError::Bind {
+                addr: config.http_listen.to_string(),
+                source,
+            })?;
+        let sched_config = Config {
+            heartbeat_interval: config.heartbeat_interval,
+            lease_timeout: config.lease_timeout,
+            reconnect_grace: config.reconnect_grace,
+            ..Config::default()
+        };
+        let (actor, handle) = Actor::new(sched_config, config.data_dir)?;
+        Ok(Coordinator {
+            grpc,
+            http,
+            actor,
+            handle,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves; then closes every stream and returns.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CoordError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<AgentServiceServer<AgentSvc>>()
+            .await;
+        health_reporter
+            .set_serving::<RunServiceServer<RunSvc>>()
+            .await;
+        health_reporter
+            .set_serving::<AdminServiceServer<AdminSvc>>()
+            .await;
+        let descriptors = [
+            drover_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ];
+        let mut reflection_v1 = tonic_reflection::server::Builder::configure();
+        let mut reflection_v1alpha = tonic_reflection::server::Builder::configure();
+        for d in descriptors {
+            reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(d);
+            reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(d);
+        }
+        let reflection_v1 = reflection_v1
+            .build_v1()
+            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+        let reflection_v1alpha = reflection_v1alpha
+            .build_v1alpha()
+            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+
+        let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(AgentServiceServer::new(AgentSvc::new(self.handle.clone())))
+            .add_service(RunServiceServer::new(RunSvc::new(self.handle.clone())))
+            .add_service(AdminServiceServer::new(AdminSvc::new(self.handle.clone())))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc),
+                stopped(stop_rx.clone()),
+            );
+        let http = axum::serve(self.http, http::router(self.handle.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        // The actor stops first: that ends every agent and watch stream, so the servers'
+        // graceful shutdown does not wait on them.
+        let actor = self.actor.run(stopped(stop_rx));
+        drop(self.handle);
+        let trigger = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let (_, _, grpc, http) = tokio::join!(trigger, actor, grpc, http);
+        grpc?;
+        http.map_err(|source| CoordError::Bind {
+            addr: "http".into(),
+            source,
+        })?;
+        Ok(())
+    }
+}

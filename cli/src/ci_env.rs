@@ -1,0 +1,112 @@
+//! Who this CI job is: the CI execution id that ties a main job to its agents, from Drover's
+//! and Nx's variables or the CI provider's own, and the run remembered between commands.
+
+use std::path::PathBuf;
+
+/// Variables that name the CI execution, in order of preference, and the provider they belong to.
+const EXECUTION_ID_VARS: &[(&str, &str)] = &[
+    ("DROVER_CI_EXECUTION_ID", "Drover"),
+    ("NX_CI_EXECUTION_ID", "Nx"),
+    ("GITHUB_RUN_ID", "GitHub Actions"),
+    ("CI_PIPELINE_ID", "GitLab CI"),
+    ("BUILD_BUILDID", "Azure Pipelines"),
+    ("CIRCLE_WORKFLOW_ID", "CircleCI"),
+];
+
+/// The CI execution id from the environment, and the variable it came from.
+pub fn execution_id_from_env() -> Option<(String, &'static str)> {
+    execution_id_from(|name| std::env::var(name).ok())
+}
+
+pub fn execution_id_from(get: impl Fn(&str) -> Option<String>) -> Option<(String, &'static str)> {
+    EXECUTION_ID_VARS
+        .iter()
+        .find_map(|(var, _)| get(var).filter(|v| !v.trim().is_empty()).map(|v| (v, *var)))
+}
+
+/// The attempt of a re-run CI pipeline (GitHub's run attempt, Azure's job attempt), else 1.
+pub fn attempt_from_env() -> u32 {
+    [
+        "DROVER_CI_RUN_ATTEMPT",
+        "GITHUB_RUN_ATTEMPT",
+        "SYSTEM_JOBATTEMPT",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+    .unwrap_or(1)
+}
+
+pub fn execution_env_from_env() -> String {
+    std::env::var("DROVER_CI_EXECUTION_ENV")
+        .or_else(|_| std::env::var("NX_CI_EXECUTION_ENV"))
+        .unwrap_or_default()
+}
+
+/// Where `start-ci-run` remembers the run for later commands of the same job.
+pub fn state_file() -> PathBuf {
+    std::env::var_os("DROVER_STATE_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".drover/ci-run.json"))
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RememberedRun {
+    pub run_id: String,
+    pub ci_execution_id: String,
+    pub coordinator: String,
+}
+
+pub fn remember(run: &RememberedRun) -> std::io::Result<()> {
+    let path = state_file();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(run).map_err(std::io::Error::other)?,
+    )
+}
+
+pub fn remembered() -> Option<RememberedRun> {
+    serde_json::from_slice(&std::fs::read(state_file()).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drover_then_nx_then_providers() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            execution_id_from(env(&[
+                ("GITHUB_RUN_ID", "77"),
+                ("NX_CI_EXECUTION_ID", "nx-1")
+            ])),
+            Some(("nx-1".into(), "NX_CI_EXECUTION_ID"))
+        );
+        assert_eq!(
+            execution_id_from(env(&[("CI_PIPELINE_ID", "9")])),
+            Some(("9".into(), "CI_PIPELINE_ID"))
+        );
+        assert_eq!(
+            execution_id_from(env(&[("BUILD_BUILDID", "5")])),
+            Some(("5".into(), "BUILD_BUILDID"))
+        );
+        assert_eq!(
+            execution_id_from(env(&[("CIRCLE_WORKFLOW_ID", "w")])),
+            Some(("w".into(), "CIRCLE_WORKFLOW_ID"))
+        );
+        assert_eq!(
+            execution_id_from(env(&[("DROVER_CI_EXECUTION_ID", " ")])),
+            None
+        );
+    }
+}

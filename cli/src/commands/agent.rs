@@ -1,0 +1,90 @@
+//! `drover agent` (alias `start-agent`): pull task leases and run them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use drover_agent::{AgentConfig, AgentExit, Shutdown};
+
+use super::CoordinatorUrl;
+use super::coordinator::parse_duration;
+use crate::ci_env;
+use crate::error::CliError;
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub coordinator: CoordinatorUrl,
+    /// The agent type assignment rules refer to.
+    #[arg(long, env = "DROVER_AGENT_LAUNCH_TEMPLATE")]
+    pub launch_template: Option<String>,
+    /// How many tasks the agent runs at once.
+    #[arg(long, env = "DROVER_AGENT_SLOTS", default_value_t = 1)]
+    pub slots: u32,
+    /// The agent's name in logs and summaries (default: the host name and process id).
+    #[arg(long, env = "DROVER_AGENT_NAME")]
+    pub name: Option<String>,
+    /// Where tasks run (the agent's checkout).
+    #[arg(long, env = "DROVER_AGENT_WORKDIR", default_value = ".")]
+    pub workdir: PathBuf,
+    /// Serve every run (a long-lived agent on a self-hosted runner) instead of the CI execution
+    /// named by the environment.
+    #[arg(long, env = "DROVER_AGENT_DAEMON")]
+    pub daemon: bool,
+    /// How long a drained agent (SIGTERM) lets running tasks finish.
+    #[arg(long, env = "DROVER_DRAIN_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Give up when the coordinator cannot be reached for this long.
+    #[arg(long, env = "DROVER_CONNECT_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+pub async fn run(args: AgentArgs) -> Result<u8, CliError> {
+    let launch_template = args
+        .launch_template
+        .or_else(|| std::env::var("NX_AGENT_LAUNCH_TEMPLATE").ok())
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| {
+            CliError::Usage(
+                "the agent needs a launch template: --launch-template, DROVER_AGENT_LAUNCH_TEMPLATE or NX_AGENT_LAUNCH_TEMPLATE".into(),
+            )
+        })?;
+    let name = args
+        .name
+        .or_else(|| std::env::var("NX_AGENT_NAME").ok())
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(default_name);
+    if args.slots == 0 {
+        return Err(CliError::Usage("--slots must be at least 1".into()));
+    }
+    let ci_execution_id = if args.daemon {
+        None
+    } else {
+        ci_env::execution_id_from_env().map(|(id, _)| id)
+    };
+    let config = AgentConfig {
+        coordinator: args.coordinator.url,
+        name,
+        instance_id: AgentConfig::new_instance_id(),
+        launch_template,
+        slots: args.slots,
+        ci_execution_id,
+        workdir: args.workdir,
+        drain_timeout: args.drain_timeout,
+        connect_timeout: args.connect_timeout,
+    };
+    let shutdown = Shutdown::from_signals()
+        .map_err(|e| CliError::Io(format!("cannot listen for signals: {e}")))?;
+    match drover_agent::run(config, shutdown).await? {
+        AgentExit::Stopped { reason } => tracing::info!(%reason, "agent stopped"),
+        other => tracing::info!(exit = ?other, "agent exited"),
+    }
+    Ok(0)
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "agent".into());
+    format!("{host}-{}", std::process::id())
+}

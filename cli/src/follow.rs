@@ -1,0 +1,238 @@
+//! Following a submission on the main job: a progress line per finished task, the output of a
+//! failed task as soon as it fails, and a summary at the end. A broken stream (coordinator
+//! restart, network) is resumed from the last event seen, so nothing is printed twice or lost.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use drover_proto::v1 as pb;
+use drover_scheduler::duration::format_duration;
+use pb::run_event::Event;
+use pb::run_service_client::RunServiceClient;
+use tonic::transport::Channel;
+
+use crate::error::CliError;
+
+/// How long the follower keeps trying to reach a coordinator that went away.
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
+
+pub struct Follow {
+    pub run_id: String,
+    pub submission: u64,
+    pub total: usize,
+    /// Print every task's output as it comes, prefixed with the task id.
+    pub stream_output: bool,
+}
+
+/// The end of a submission as the main job saw it.
+pub struct Outcome {
+    pub success: bool,
+    pub tasks: Vec<pb::TaskSummary>,
+}
+
+#[derive(Default)]
+struct Counts {
+    state: HashMap<String, pb::TaskStatus>,
+}
+
+impl Counts {
+    fn set(&mut self, task: &str, status: pb::TaskStatus) {
+        self.state.insert(task.to_string(), status);
+    }
+
+    fn line(&self, total: usize) -> String {
+        let n = |s: pb::TaskStatus| self.state.values().filter(|&&x| x == s).count();
+        let done =
+            n(pb::TaskStatus::Succeeded) + n(pb::TaskStatus::Failed) + n(pb::TaskStatus::Skipped);
+        let running = n(pb::TaskStatus::Running);
+        format!(
+            "{done}/{total} done, {running} running, {} queued, {} failed",
+            total.saturating_sub(done + running),
+            n(pb::TaskStatus::Failed)
+        )
+    }
+}
+
+pub async fn follow(channel: Channel, f: Follow) -> Result<Outcome, CliError> {
+    let mut client = RunServiceClient::new(channel);
+    let mut counts = Counts::default();
+    let mut next_seq = 1;
+    let started = Instant::now();
+    let mut last_contact = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let mut out = std::io::stdout();
+    loop {
+        let request = pb::WatchRunRequest {
+            run_id: f.run_id.clone(),
+            submission_id: f.submission,
+            from_seq: next_seq,
+            all_output: f.stream_output,
+            ci_execution_id: String::new(),
+        };
+        let mut stream = match client.watch_run(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) if is_transient(&status) && last_contact.elapsed() < RECONNECT_FOR => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(status) => return Err(CliError::rpc("following the run", status)),
+        };
+        loop {
+            let event = match stream.message().await {
+                Ok(Some(e)) => e,
+                Ok(None) | Err(_) => break, // resume from next_seq
+            };
+            last_contact = Instant::now();
+            backoff = Duration::from_millis(200);
+            if event.seq < next_seq {
+                continue;
+            }
+            next_seq = event.seq + 1;
+            let Some(ev) = event.event else { continue };
+            match ev {
+                Event::TaskStarted(s) => {
+                    counts.set(&s.task_id, pb::TaskStatus::Running);
+                }
+                Event::TaskOutput(o) => {
+                    if f.stream_output {
+                        let text = String::from_utf8_lossy(&o.data);
+                        for line in text.lines() {
+                            let _ = writeln!(out, "{} | {line}", o.task_id);
+                        }
+                    } else {
+                        // Sent only for a failed attempt, just before its failure.
+                        let _ = out.write_all(&o.data);
+                    }
+                }
+                Event::TaskFinished(t) => {
+                    let status =
+                        pb::TaskStatus::try_from(t.status).unwrap_or(pb::TaskStatus::Unspecified);
+                    if t.retrying {
+                        counts.set(&t.task_id, pb::TaskStatus::Queued);
+                        let _ = writeln!(
+                            out,
+                            "[{}] RETRY {} failed on {} ({}); trying again",
+                            counts.line(f.total),
+                            t.task_id,
+                            t.agent,
+                            t.reason
+                        );
+                        continue;
+                    }
+                    counts.set(&t.task_id, status);
+                    let (word, detail) = match status {
+                        pb::TaskStatus::Succeeded => (
+                            if t.flaky { "FLAKY" } else { "ok" },
+                            format!(
+                                "on {} in {}",
+                                t.agent,
+                                format_duration(Duration::from_millis(t.duration_ms))
+                            ),
+                        ),
+                        pb::TaskStatus::Failed => (
+                            "FAILED",
+                            format!("on {}: {}", agent_or_none(&t.agent), t.reason),
+                        ),
+                        _ => ("skipped", t.reason.clone()),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "[{}] {word} {} {detail}",
+                        counts.line(f.total),
+                        t.task_id
+                    );
+                }
+                Event::TaskRequeued(r) => {
+                    counts.set(&r.task_id, pb::TaskStatus::Queued);
+                    let _ = writeln!(
+                        out,
+                        "[{}] requeued {}: {}",
+                        counts.line(f.total),
+                        r.task_id,
+                        r.reason
+                    );
+                }
+                Event::Waiting(w) => {
+                    let _ = writeln!(out, "waiting: {} ({})", w.task_ids.join(", "), w.reason);
+                }
+                Event::SubmissionDone(done) => {
+                    print_summary(&mut out, &done, started.elapsed());
+                    return Ok(Outcome {
+                        success: done.success,
+                        tasks: done.tasks,
+                    });
+                }
+                Event::RunDone(r) => {
+                    if event.submission_id == 0 || event.submission_id == f.submission {
+                        let _ = writeln!(out, "the run ended: {}", r.reason);
+                    }
+                }
+            }
+            let _ = out.flush();
+        }
+        if last_contact.elapsed() >= RECONNECT_FOR {
+            return Err(CliError::Io(format!(
+                "lost the coordinator for {}; the run may still be going",
+                format_duration(RECONNECT_FOR)
+            )));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::NotFound
+    )
+}
+
+fn agent_or_none(agent: &str) -> &str {
+    if agent.is_empty() { "no agent" } else { agent }
+}
+
+fn print_summary(out: &mut impl Write, done: &pb::SubmissionDoneEvent, took: Duration) {
+    let with = |s: pb::TaskStatus| done.tasks.iter().filter(move |t| t.status == s as i32);
+    let succeeded = with(pb::TaskStatus::Succeeded).count();
+    let failed: Vec<&pb::TaskSummary> = with(pb::TaskStatus::Failed).collect();
+    let skipped: Vec<&pb::TaskSummary> = with(pb::TaskStatus::Skipped).collect();
+    let flaky: Vec<&pb::TaskSummary> = done.tasks.iter().filter(|t| t.flaky).collect();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Summary: {succeeded} succeeded, {} failed, {} skipped ({} tasks) in {}",
+        failed.len(),
+        skipped.len(),
+        done.tasks.len(),
+        format_duration(took)
+    );
+    let mut section =
+        |title: &str, tasks: &[&pb::TaskSummary], why: &dyn Fn(&pb::TaskSummary) -> String| {
+            if tasks.is_empty() {
+                return;
+            }
+            let _ = writeln!(out, "{title}:");
+            for t in tasks {
+                let _ = writeln!(out, "  {}  {}", t.task_id, why(t));
+            }
+        };
+    section("Failed", &failed, &|t| {
+        format!(
+            "{} (on {}, {} attempt(s))",
+            t.reason,
+            agent_or_none(&t.agent),
+            t.attempts
+        )
+    });
+    section("Skipped", &skipped, &|t| t.reason.clone());
+    section("Flaky (failed, then passed on a retry)", &flaky, &|t| {
+        format!("{} attempts", t.attempts)
+    });
+    let _ = out.flush();
+}

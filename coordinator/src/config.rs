@@ -1,0 +1,32 @@
+//! How a coordinator is set up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// gRPC address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// HTTP address for `/healthz` and `/metrics`.
+    pub http_listen: SocketAddr,
+    /// Where runs, results and duration history are kept.
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub lease_timeout: Duration,
+    /// How long a disconnected agent may take to come back before its leases are revoked.
+    pub reconnect_grace: Duration,
+}
+
+impl CoordinatorConfig {
+    pub fn new(listen: SocketAddr, http_listen: SocketAddr, data_dir: PathBuf) -> Self {
+        CoordinatorConfig {
+            listen,
+            http_listen,
+            data_dir,
+            heartbeat_interval: Duration::from_secs(1),
+            lease_timeout: Duration::from_secs(10),
+            reconnect_grace: Duration::from_secs(10),
+        }
+    }
+}

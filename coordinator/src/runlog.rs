@@ -1,0 +1,264 @@
+//! Every event of a run, numbered, replayable from any point, and fanned out to watchers.
+//!
+//! A watcher that cannot keep up is dropped; its client reconnects with the next sequence
+//! number it needs and loses nothing.
+
+use drover_proto::v1 as pb;
+use pb::run_event::Event;
+use tokio::sync::mpsc;
+
+/// One recorded event and the submissions it belongs to (empty: every submission).
+struct Entry {
+    event: pb::RunEvent,
+    submissions: Vec<u64>,
+}
+
+/// What a watcher asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Filter {
+    /// `None`: the whole run.
+    pub submission: Option<u64>,
+    pub all_output: bool,
+}
+
+impl Filter {
+    fn wants(&self, entry: &Entry) -> bool {
+        match self.submission {
+            None => true,
+            Some(s) => entry.submissions.is_empty() || entry.submissions.contains(&s),
+        }
+    }
+
+    /// The last event this watcher needs: its submission is done, or the run is.
+    fn is_last(&self, event: &pb::RunEvent) -> bool {
+        match &event.event {
+            Some(Event::RunDone(_)) => true,
+            Some(Event::SubmissionDone(_)) => self.submission == Some(event.submission_id),
+            _ => false,
+        }
+    }
+}
+
+struct Watcher {
+    filter: Filter,
+    tx: mpsc::Sender<Result<pb::RunEvent, tonic::Status>>,
+}
+
+/// The capacity of a watcher's queue before it is dropped as too slow.
+pub const WATCHER_QUEUE: usize = 4096;
+
+#[derive(Default)]
+pub struct RunLog {
+    entries: Vec<Entry>,
+    watchers: Vec<Watcher>,
+}
+
+impl RunLog {
+    pub fn next_seq(&self) -> u64 {
+        self.entries.len() as u64 + 1
+    }
+
+    /// Records an event and sends it to the watchers that want it.
+    pub fn push(&mut self, mut event: pb::RunEvent, submissions: Vec<u64>) {
+        event.seq = self.next_seq();
+        if event.submission_id == 0 {
+            event.submission_id = submissions.first().copied().unwrap_or(0);
+        }
+        self.entries.push(Entry { event, submissions });
+        let index = self.entries.len() - 1;
+        let entries = &self.entries;
+        self.watchers.retain(|w| {
+            let entry = &entries[index];
+            if !w.filter.wants(entry) {
+                return true;
+            }
+            for e in to_send(entries, index, w.filter) {
+                if w.tx.try_send(Ok(e)).is_err() {
+                    return false; // gone or too slow: it reconnects from its last seq
+                }
+            }
+            !w.filter.is_last(&entry.event)
+        });
+    }
+
+    /// Adds a watcher: everything recorded from `from_seq` on is queued now, the rest as it
+    /// comes. Returns `false` when the watcher got everything it will ever get.
+    pub fn watch(
+        &mut self,
+        filter: Filter,
+        from_seq: u64,
+        tx: mpsc::Sender<Result<pb::RunEvent, tonic::Status>>,
+    ) -> bool {
+        let start = from_seq.saturating_sub(1) as usize;
+        for index in start..self.entries.len() {
+            let entry = &self.entries[index];
+            if !filter.wants(entry) {
+                continue;
+            }
+            for e in to_send(&self.entries, index, filter) {
+                if tx.try_send(Ok(e)).is_err() {
+                    return false;
+                }
+            }
+            if filter.is_last(&entry.event) {
+                return false;
+            }
+        }
+        self.watchers.push(Watcher { filter, tx });
+        true
+    }
+}
+
+/// What a watcher gets for the entry at `index`: output only when it asked for all output;
+/// otherwise a failed attempt's output right before the event that says it failed.
+fn to_send(entries: &[Entry], index: usize, filter: Filter) -> Vec<pb::RunEvent> {
+    let entry = &entries[index];
+    match &entry.event.event {
+        Some(Event::TaskOutput(_)) if !filter.all_output => Vec::new(),
+        Some(Event::TaskFinished(f))
+            if !filter.all_output && f.status == pb::TaskStatus::Failed as i32 =>
+        {
+            let mut out: Vec<pb::RunEvent> = entries[..index]
+                .iter()
+                .filter(|e| matches!(&e.event.event, Some(Event::TaskOutput(o)) if o.task_id == f.task_id && o.attempt == f.attempt))
+                .map(|e| e.event.clone())
+                .collect();
+            out.push(entry.event.clone());
+            out
+        }
+        _ => vec![entry.event.clone()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(task: &str, data: &str) -> pb::RunEvent {
+        pb::RunEvent {
+            event: Some(Event::TaskOutput(pb::TaskOutputEvent {
+                task_id: task.into(),
+                stream: pb::OutputStream::Stdout as i32,
+                data: data.as_bytes().to_vec(),
+                attempt: 1,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn finished(task: &str, status: pb::TaskStatus) -> pb::RunEvent {
+        pb::RunEvent {
+            event: Some(Event::TaskFinished(pb::TaskFinishedEvent {
+                task_id: task.into(),
+                status: status as i32,
+                attempt: 1,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Result<pb::RunEvent, tonic::Status>>) -> Vec<pb::RunEvent> {
+        let mut v = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            v.push(e.unwrap());
+        }
+        v
+    }
+
+    #[test]
+    fn failed_output_arrives_just_before_the_failure_and_successful_output_never() {
+        let mut log = RunLog::default();
+        let (tx, mut rx) = mpsc::channel(16);
+        assert!(log.watch(
+            Filter {
+                submission: Some(1),
+                all_output: false
+            },
+            1,
+            tx
+        ));
+        log.push(output("ok:build", "fine\n"), vec![1]);
+        log.push(output("bad:build", "boom\n"), vec![1]);
+        log.push(finished("ok:build", pb::TaskStatus::Succeeded), vec![1]);
+        log.push(finished("bad:build", pb::TaskStatus::Failed), vec![1]);
+        let got = drain(&mut rx);
+        let kinds: Vec<String> = got
+            .iter()
+            .map(|e| match &e.event {
+                Some(Event::TaskOutput(o)) => format!(
+                    "out {} {}",
+                    o.task_id,
+                    String::from_utf8_lossy(&o.data).trim()
+                ),
+                Some(Event::TaskFinished(f)) => format!("fin {}", f.task_id),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["fin ok:build", "out bad:build boom", "fin bad:build"]
+        );
+    }
+
+    #[test]
+    fn a_late_watcher_replays_from_its_seq_and_stops_after_its_submission() {
+        let mut log = RunLog::default();
+        log.push(finished("a", pb::TaskStatus::Succeeded), vec![1]);
+        log.push(finished("b", pb::TaskStatus::Succeeded), vec![2]);
+        let done = pb::RunEvent {
+            submission_id: 1,
+            event: Some(Event::SubmissionDone(pb::SubmissionDoneEvent {
+                success: true,
+                tasks: vec![],
+            })),
+            ..Default::default()
+        };
+        log.push(done, vec![1]);
+        let (tx, mut rx) = mpsc::channel(16);
+        assert!(
+            !log.watch(
+                Filter {
+                    submission: Some(1),
+                    all_output: true
+                },
+                1,
+                tx
+            ),
+            "nothing more to come"
+        );
+        let seqs: Vec<u64> = drain(&mut rx).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 3]);
+        let (tx, mut rx) = mpsc::channel(16);
+        assert!(log.watch(
+            Filter {
+                submission: None,
+                all_output: true
+            },
+            2,
+            tx
+        ));
+        assert_eq!(
+            drain(&mut rx).iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [2, 3]
+        );
+    }
+
+    #[test]
+    fn a_slow_watcher_is_dropped_not_waited_for() {
+        let mut log = RunLog::default();
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(log.watch(
+            Filter {
+                submission: None,
+                all_output: true
+            },
+            1,
+            tx
+        ));
+        log.push(output("a", "1"), vec![1]);
+        log.push(output("a", "2"), vec![1]);
+        assert!(log.watchers.is_empty());
+        assert_eq!(log.entries.len(), 2, "nothing is lost from the log");
+    }
+}
