@@ -34,7 +34,11 @@ pub struct Estimates {
 
 impl Default for Estimates {
     fn default() -> Self {
-        Estimates { per_task: HashMap::new(), per_target: HashMap::new(), default: Duration::from_secs(10) }
+        Estimates {
+            per_task: HashMap::new(),
+            per_target: HashMap::new(),
+            default: Duration::from_secs(10),
+        }
     }
 }
 
@@ -51,10 +55,16 @@ impl Estimates {
     /// The estimate for a task, and where it came from.
     pub fn estimate_with_source(&self, task: &TaskSpec) -> (Duration, Source) {
         if let Some(e) = self.per_task.get(&task.id) {
-            return (Duration::from_millis(e.ms.round() as u64), Source::TaskHistory);
+            return (
+                Duration::from_millis(e.ms.round() as u64),
+                Source::TaskHistory,
+            );
         }
         if let Some(m) = self.per_target.get(&task.target).filter(|m| m.samples > 0) {
-            return (Duration::from_millis((m.total_ms / m.samples as f64).round() as u64), Source::TargetAverage);
+            return (
+                Duration::from_millis((m.total_ms / m.samples as f64).round() as u64),
+                Source::TargetAverage,
+            );
         }
         if let Some(hint) = task.estimate {
             return (hint, Source::Hint);
@@ -70,7 +80,11 @@ impl Estimates {
     pub fn record(&mut self, task: &TaskSpec, took: Duration) {
         let ms = took.as_secs_f64() * 1000.0;
         let e = self.per_task.entry(task.id.clone()).or_default();
-        e.ms = if e.samples == 0 { ms } else { e.ms + ALPHA * (ms - e.ms) };
+        e.ms = if e.samples == 0 {
+            ms
+        } else {
+            e.ms + ALPHA * (ms - e.ms)
+        };
         e.samples += 1;
         let m = self.per_target.entry(task.target.clone()).or_default();
         m.total_ms += ms;
@@ -94,11 +108,23 @@ mod tests {
         let b = TaskSpec::new("b:build", "true");
         let c = TaskSpec::new("c:test", "true");
         a.estimate = Some(Duration::from_secs(7));
-        assert_eq!(est.estimate_with_source(&a), (Duration::from_secs(7), Source::Hint));
-        assert_eq!(est.estimate_with_source(&c), (Duration::from_secs(10), Source::Default));
+        assert_eq!(
+            est.estimate_with_source(&a),
+            (Duration::from_secs(7), Source::Hint)
+        );
+        assert_eq!(
+            est.estimate_with_source(&c),
+            (Duration::from_secs(10), Source::Default)
+        );
         est.record(&a, Duration::from_secs(20));
-        assert_eq!(est.estimate_with_source(&a), (Duration::from_secs(20), Source::TaskHistory));
-        assert_eq!(est.estimate_with_source(&b), (Duration::from_secs(20), Source::TargetAverage));
+        assert_eq!(
+            est.estimate_with_source(&a),
+            (Duration::from_secs(20), Source::TaskHistory)
+        );
+        assert_eq!(
+            est.estimate_with_source(&b),
+            (Duration::from_secs(20), Source::TargetAverage)
+        );
         est.record(&a, Duration::from_secs(10));
         assert_eq!(est.estimate(&a), Duration::from_secs(17));
         assert_eq!(est.estimate(&b), Duration::from_secs(15));
@@ -107,7 +133,10 @@ mod tests {
     #[test]
     fn round_trips_through_json() {
         let mut est = Estimates::default();
-        est.record(&TaskSpec::new("a:build", "true"), Duration::from_millis(1234));
+        est.record(
+            &TaskSpec::new("a:build", "true"),
+            Duration::from_millis(1234),
+        );
         let back: Estimates = serde_json::from_str(&serde_json::to_string(&est).unwrap()).unwrap();
         assert_eq!(back, est);
     }

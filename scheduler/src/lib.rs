@@ -7,15 +7,17 @@
 //! code under a virtual clock.
 #![forbid(unsafe_code)]
 
-pub mod fleet;
-pub mod rules;
 pub mod duration;
 pub mod estimate;
+pub mod fleet;
 pub mod graph;
+pub mod rules;
 pub mod state;
 pub mod task;
 
 pub use graph::{GraphError, TaskGraph};
 pub use rules::RuleSet;
-pub use state::{Action, AgentId, Config, LeaseId, Policy, RunEvent, RunSpec, Scheduler, TaskResult, TaskStatus};
+pub use state::{
+    Action, AgentId, Config, LeaseId, Policy, RunEvent, RunSpec, Scheduler, TaskResult, TaskStatus,
+};
 pub use task::TaskSpec;

@@ -70,7 +70,10 @@ mod tests {
 
     #[test]
     fn splits_ids() {
-        assert_eq!(split_task_id("app1:build:production"), ("app1", "build", Some("production")));
+        assert_eq!(
+            split_task_id("app1:build:production"),
+            ("app1", "build", Some("production"))
+        );
         assert_eq!(split_task_id("app1:build"), ("app1", "build", None));
         assert_eq!(split_task_id("lint"), ("", "lint", None));
         assert_eq!(split_task_id("a:b:c:d"), ("a", "b", Some("c:d")));

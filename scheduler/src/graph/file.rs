@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 
 use super::{GraphError, TaskGraph};
 use crate::duration::deserialize_opt_duration;
-use crate::task::{split_task_id, TaskSpec};
+use crate::task::{TaskSpec, split_task_id};
 
 /// The command an agent runs for a task of an Nx graph.
 pub const NX_RUN_COMMAND: &str = "npx nx run {id} --excludeTaskDependencies";
@@ -59,12 +59,13 @@ pub struct GraphFile {
 pub fn parse_graph_file(path: &str, text: &str) -> Result<GraphFile, GraphError> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| GraphError::Syntax {
-            path: path.to_string(),
-            line: e.line() as u32,
-            column: e.column() as u32,
-            message: e.to_string(),
-        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| GraphError::Syntax {
+                path: path.to_string(),
+                line: e.line() as u32,
+                column: e.column() as u32,
+                message: e.to_string(),
+            })?;
         if is_nx_graph(&value) {
             let tasks = nx_tasks(path, &value)?;
             let positions = vec![None; tasks.len()];
@@ -77,19 +78,32 @@ pub fn parse_graph_file(path: &str, text: &str) -> Result<GraphFile, GraphError>
 
 fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
     let file: NativeFile = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line() as u32, l.column() as u32)).unwrap_or((1, 1));
-        GraphError::Syntax { path: path.to_string(), line, column, message: one_line(&e) }
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line() as u32, l.column() as u32))
+            .unwrap_or((1, 1));
+        GraphError::Syntax {
+            path: path.to_string(),
+            line,
+            column,
+            message: one_line(&e),
+        }
     })?;
     let mut positions = Vec::with_capacity(file.tasks.len());
     let mut tasks = Vec::with_capacity(file.tasks.len());
     for t in file.tasks {
-        positions.push(Some((t.id.referenced.line() as u32, t.id.referenced.column() as u32)));
+        positions.push(Some((
+            t.id.referenced.line() as u32,
+            t.id.referenced.column() as u32,
+        )));
         let id = t.id.value;
         let (project, target, configuration) = split_task_id(&id);
         tasks.push(TaskSpec {
             project: t.project.unwrap_or_else(|| project.to_string()),
             target: t.target.unwrap_or_else(|| target.to_string()),
-            configuration: t.configuration.or_else(|| configuration.map(str::to_string)),
+            configuration: t
+                .configuration
+                .or_else(|| configuration.map(str::to_string)),
             command: t.command,
             depends_on: t.depends_on,
             cache: t.cache.unwrap_or(true),
@@ -120,17 +134,28 @@ fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
                     .unwrap_or_else(|| format!("{path}: "));
                 GraphError::DuplicateId { place, task }
             }
-            GraphError::UnknownDependency { task, dependency, .. } => {
-                GraphError::UnknownDependency { place: place_of(&task), task, dependency }
-            }
-            GraphError::SelfDependency { task, .. } => {
-                GraphError::SelfDependency { place: place_of(&task), task }
-            }
-            GraphError::EmptyCommand { task, .. } => {
-                GraphError::EmptyCommand { place: place_of(&task), task }
-            }
-            GraphError::EmptyId { .. } => GraphError::EmptyId { place: format!("{path}: ") },
-            GraphError::Empty => GraphError::File { path: path.to_string(), message: "the graph has no tasks".into() },
+            GraphError::UnknownDependency {
+                task, dependency, ..
+            } => GraphError::UnknownDependency {
+                place: place_of(&task),
+                task,
+                dependency,
+            },
+            GraphError::SelfDependency { task, .. } => GraphError::SelfDependency {
+                place: place_of(&task),
+                task,
+            },
+            GraphError::EmptyCommand { task, .. } => GraphError::EmptyCommand {
+                place: place_of(&task),
+                task,
+            },
+            GraphError::EmptyId { .. } => GraphError::EmptyId {
+                place: format!("{path}: "),
+            },
+            GraphError::Empty => GraphError::File {
+                path: path.to_string(),
+                message: "the graph has no tasks".into(),
+            },
             other => other,
         }
     };
@@ -141,37 +166,66 @@ fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
 /// The first line of a YAML error, without the rendered source snippet.
 fn one_line(e: &serde_saphyr::Error) -> String {
     let text = e.to_string();
-    text.lines().next().unwrap_or("invalid YAML").trim().to_string()
+    text.lines()
+        .next()
+        .unwrap_or("invalid YAML")
+        .trim()
+        .to_string()
 }
 
 fn is_nx_graph(value: &serde_json::Value) -> bool {
-    value.get("tasks").and_then(|t| t.get("tasks")).is_some_and(serde_json::Value::is_object)
+    value
+        .get("tasks")
+        .and_then(|t| t.get("tasks"))
+        .is_some_and(serde_json::Value::is_object)
 }
 
 /// Converts Nx's task graph (`tasks.tasks` and `tasks.dependencies`) into task specs whose
 /// command runs the one task through Nx on the agent.
 fn nx_tasks(path: &str, value: &serde_json::Value) -> Result<Vec<TaskSpec>, GraphError> {
-    let bad = |message: String| GraphError::File { path: path.to_string(), message };
+    let bad = |message: String| GraphError::File {
+        path: path.to_string(),
+        message,
+    };
     let graph = &value["tasks"];
-    let tasks = graph["tasks"].as_object().ok_or_else(|| bad("`tasks.tasks` is not an object".into()))?;
+    let tasks = graph["tasks"]
+        .as_object()
+        .ok_or_else(|| bad("`tasks.tasks` is not an object".into()))?;
     let deps = graph.get("dependencies").and_then(|d| d.as_object());
     let mut out = Vec::with_capacity(tasks.len());
     for (id, task) in tasks {
         let target = &task["target"];
-        let field = |name: &str| target.get(name).and_then(|v| v.as_str()).map(str::to_string);
+        let field = |name: &str| {
+            target
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         let (p, t, c) = split_task_id(id);
         let depends_on = match deps.and_then(|d| d.get(id)) {
             Some(serde_json::Value::Array(list)) => list
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(format!("task `{id}`: a dependency is not a string"))))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("task `{id}`: a dependency is not a string")))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
-            Some(_) => return Err(bad(format!("task `{id}`: `tasks.dependencies` entry is not a list"))),
+            Some(_) => {
+                return Err(bad(format!(
+                    "task `{id}`: `tasks.dependencies` entry is not a list"
+                )));
+            }
             None => Vec::new(),
         };
         let outputs = task
             .get("outputs")
             .and_then(|o| o.as_array())
-            .map(|o| o.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|o| {
+                o.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         out.push(TaskSpec {
             id: id.clone(),
@@ -216,15 +270,30 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_task() {
-        let e = parse_graph_file("g.yaml", "tasks:\n  - id: a\n    command: x\n    dependsOn: [b]\n").unwrap_err();
-        assert_eq!(e.to_string(), "g.yaml:2:9: task `a` depends on unknown task `b`");
-        let e = parse_graph_file("g.yaml", "tasks:\n  - id: a\n    command: x\n  - id: a\n    command: y\n").unwrap_err();
+        let e = parse_graph_file(
+            "g.yaml",
+            "tasks:\n  - id: a\n    command: x\n    dependsOn: [b]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "g.yaml:2:9: task `a` depends on unknown task `b`"
+        );
+        let e = parse_graph_file(
+            "g.yaml",
+            "tasks:\n  - id: a\n    command: x\n  - id: a\n    command: y\n",
+        )
+        .unwrap_err();
         assert_eq!(e.to_string(), "g.yaml:4:9: task `a` is defined twice");
         let e = parse_graph_file("g.yaml", "tasks:\n  - id: a\n    comand: x\n").unwrap_err();
         let msg = e.to_string();
         assert!(msg.starts_with("g.yaml:3:"), "{msg}");
         assert!(msg.contains("comand"), "{msg}");
-        let e = parse_graph_file("g.yaml", "tasks:\n  - id: a\n    command: x\n    timeout: soon\n").unwrap_err();
+        let e = parse_graph_file(
+            "g.yaml",
+            "tasks:\n  - id: a\n    command: x\n    timeout: soon\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().starts_with("g.yaml:4:"), "{e}");
         let e = parse_graph_file("g.json", "{\"tasks\": [}").unwrap_err();
         assert!(e.to_string().starts_with("g.json:1:"), "{e}");
@@ -238,7 +307,10 @@ mod tests {
         }, "dependencies": {"app:build:production": ["lib:build"], "lib:build": []}}}"#;
         let f = parse_graph_file("nx.json", text).unwrap();
         let app = &f.graph.tasks[f.graph.index["app:build:production"]];
-        assert_eq!(app.command, "npx nx run app:build:production --excludeTaskDependencies");
+        assert_eq!(
+            app.command,
+            "npx nx run app:build:production --excludeTaskDependencies"
+        );
         assert_eq!(app.configuration.as_deref(), Some("production"));
         assert_eq!(app.depends_on, ["lib:build"]);
         assert!(!f.graph.tasks[f.graph.index["lib:build"]].cache);

@@ -3,8 +3,8 @@
 mod file;
 mod validate;
 
-pub use file::{parse_graph_file, GraphFile};
-pub use validate::{find_cycle, TaskGraph};
+pub use file::{GraphFile, parse_graph_file};
+pub use validate::{TaskGraph, find_cycle};
 
 use thiserror::Error;
 
@@ -12,13 +12,22 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum GraphError {
     #[error("{path}:{line}:{column}: {message}")]
-    Syntax { path: String, line: u32, column: u32, message: String },
+    Syntax {
+        path: String,
+        line: u32,
+        column: u32,
+        message: String,
+    },
     #[error("{path}: {message}")]
     File { path: String, message: String },
     #[error("{place}task `{task}` is defined twice")]
     DuplicateId { place: String, task: String },
     #[error("{place}task `{task}` depends on unknown task `{dependency}`")]
-    UnknownDependency { place: String, task: String, dependency: String },
+    UnknownDependency {
+        place: String,
+        task: String,
+        dependency: String,
+    },
     #[error("{place}task `{task}` depends on itself")]
     SelfDependency { place: String, task: String },
     #[error("the graph has a cycle: {}", cycle.join(" -> "))]

@@ -35,13 +35,21 @@ impl TaskGraph {
         let mut index = HashMap::with_capacity(tasks.len());
         for (i, t) in tasks.iter().enumerate() {
             if t.id.is_empty() {
-                return Err(GraphError::EmptyId { place: String::new() });
+                return Err(GraphError::EmptyId {
+                    place: String::new(),
+                });
             }
             if t.command.trim().is_empty() {
-                return Err(GraphError::EmptyCommand { place: String::new(), task: t.id.clone() });
+                return Err(GraphError::EmptyCommand {
+                    place: String::new(),
+                    task: t.id.clone(),
+                });
             }
             if index.insert(t.id.clone(), i).is_some() {
-                return Err(GraphError::DuplicateId { place: String::new(), task: t.id.clone() });
+                return Err(GraphError::DuplicateId {
+                    place: String::new(),
+                    task: t.id.clone(),
+                });
             }
         }
         let mut deps = vec![Vec::new(); tasks.len()];
@@ -49,7 +57,10 @@ impl TaskGraph {
         for (i, t) in tasks.iter().enumerate() {
             for d in &t.depends_on {
                 if *d == t.id {
-                    return Err(GraphError::SelfDependency { place: String::new(), task: t.id.clone() });
+                    return Err(GraphError::SelfDependency {
+                        place: String::new(),
+                        task: t.id.clone(),
+                    });
                 }
                 match index.get(d) {
                     Some(&j) => {
@@ -74,7 +85,12 @@ impl TaskGraph {
             names.push(names[0].clone());
             return Err(GraphError::Cycle { cycle: names });
         }
-        Ok(TaskGraph { tasks, deps, dependents, index })
+        Ok(TaskGraph {
+            tasks,
+            deps,
+            dependents,
+            index,
+        })
     }
 
     /// Indices in an order where every task comes after its dependencies.
@@ -148,7 +164,11 @@ mod tests {
     #[test]
     fn accepts_a_dag_and_orders_it() {
         let g = TaskGraph::new(vec![t("c", &["b"]), t("b", &["a"]), t("a", &[])]).unwrap();
-        let order: Vec<&str> = g.topological_order().iter().map(|&i| g.tasks[i].id.as_str()).collect();
+        let order: Vec<&str> = g
+            .topological_order()
+            .iter()
+            .map(|&i| g.tasks[i].id.as_str())
+            .collect();
         assert_eq!(order, ["a", "b", "c"]);
     }
 
@@ -171,7 +191,9 @@ mod tests {
             t("z", &["y"]),
         ])
         .unwrap_err();
-        let GraphError::Cycle { cycle } = &e else { panic!("{e}") };
+        let GraphError::Cycle { cycle } = &e else {
+            panic!("{e}")
+        };
         assert_eq!(cycle.first(), cycle.last());
         let mut on_cycle: Vec<&str> = cycle[1..].iter().map(String::as_str).collect();
         on_cycle.sort();

@@ -178,7 +178,12 @@ impl Scheduler {
 
     /// Opens a run, or returns the open run of the same CI execution and attempt.
     /// The bool is true when the run already existed.
-    pub fn start_run(&mut self, now: Duration, run_id: String, spec: RunSpec) -> Result<(String, bool), SchedError> {
+    pub fn start_run(
+        &mut self,
+        now: Duration,
+        run_id: String,
+        spec: RunSpec,
+    ) -> Result<(String, bool), SchedError> {
         if let Some(&i) = self.by_execution.get(&spec.ci_execution_id) {
             let run = &self.runs[i];
             if run.spec.attempt == spec.attempt && run.is_active() {
@@ -187,7 +192,8 @@ impl Scheduler {
         }
         let index = self.runs.len();
         self.run_index.insert(run_id.clone(), index);
-        self.by_execution.insert(spec.ci_execution_id.clone(), index);
+        self.by_execution
+            .insert(spec.ci_execution_id.clone(), index);
         self.runs.push(Run::new(run_id.clone(), spec));
         self.assign(now);
         Ok((run_id, false))
@@ -195,31 +201,44 @@ impl Scheduler {
 
     /// The newest run of a CI execution.
     pub fn run_for_execution(&self, ci_execution_id: &str) -> Option<&str> {
-        self.by_execution.get(ci_execution_id).map(|&i| self.runs[i].id.as_str())
+        self.by_execution
+            .get(ci_execution_id)
+            .map(|&i| self.runs[i].id.as_str())
     }
 
     fn run_index(&self, run_id: &str) -> Result<usize, SchedError> {
-        self.run_index.get(run_id).copied().ok_or_else(|| SchedError::UnknownRun(run_id.to_string()))
+        self.run_index
+            .get(run_id)
+            .copied()
+            .ok_or_else(|| SchedError::UnknownRun(run_id.to_string()))
     }
 
     /// Adds a task graph to a run. Tasks may depend on tasks of earlier submissions; a task id
     /// that an earlier submission holds already is shared, not run twice.
-    pub fn submit(&mut self, now: Duration, run_id: &str, tasks: Vec<TaskSpec>) -> Result<u64, SchedError> {
+    pub fn submit(
+        &mut self,
+        now: Duration,
+        run_id: &str,
+        tasks: Vec<TaskSpec>,
+    ) -> Result<u64, SchedError> {
         let r = self.run_index(run_id)?;
         if !self.runs[r].is_active() {
             return Err(SchedError::RunEnded(run_id.to_string()));
         }
         let run = &self.runs[r];
         // Tasks the run holds already are shared; the rest form the new graph.
-        let (existing, fresh): (Vec<TaskSpec>, Vec<TaskSpec>) =
-            tasks.into_iter().partition(|t| run.index.contains_key(&t.id));
+        let (existing, fresh): (Vec<TaskSpec>, Vec<TaskSpec>) = tasks
+            .into_iter()
+            .partition(|t| run.index.contains_key(&t.id));
         if existing.is_empty() && fresh.is_empty() {
             return Err(GraphError::Empty.into());
         }
         let graph = if fresh.is_empty() {
             None
         } else {
-            Some(TaskGraph::with_known(fresh, |id| run.index.contains_key(id))?)
+            Some(TaskGraph::with_known(fresh, |id| {
+                run.index.contains_key(id)
+            })?)
         };
         let submission = run.submissions.len() as u64 + 1;
         let mut members: Vec<usize> = existing.iter().map(|t| run.index[&t.id]).collect();
@@ -232,7 +251,11 @@ impl Scheduler {
         if let Some(graph) = graph {
             let base = run.tasks.len();
             for (k, spec) in graph.tasks.into_iter().enumerate() {
-                let class = run.spec.rules.rule_for(&spec.project, &spec.target, spec.configuration.as_deref());
+                let class = run.spec.rules.rule_for(
+                    &spec.project,
+                    &spec.target,
+                    spec.configuration.as_deref(),
+                );
                 run.index.insert(spec.id.clone(), base + k);
                 run.tasks.push(TaskState {
                     dependents: graph.dependents[k].iter().map(|&d| base + d).collect(),
@@ -274,18 +297,35 @@ impl Scheduler {
                 }
             }
         }
-        let remaining = members.iter().filter(|&&i| !run.tasks[i].status().is_terminal()).count();
-        run.submissions.push(Submission { id: submission, tasks: members.clone(), remaining, done: false });
+        let remaining = members
+            .iter()
+            .filter(|&&i| !run.tasks[i].status().is_terminal())
+            .count();
+        run.submissions.push(Submission {
+            id: submission,
+            tasks: members.clone(),
+            remaining,
+            done: false,
+        });
 
         // Tasks whose dependency already failed are skipped; the rest become ready in turn.
-        let base_new: Vec<usize> = members.iter().copied().filter(|&i| run.tasks[i].phase == Phase::Blocked).collect();
+        let base_new: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| run.tasks[i].phase == Phase::Blocked)
+            .collect();
         for i in base_new {
             let failed_dep = self.runs[r].tasks[i]
                 .spec
                 .depends_on
                 .iter()
                 .map(|d| self.runs[r].index[d])
-                .find(|&j| matches!(self.runs[r].tasks[j].phase, Phase::Done(TaskStatus::Failed | TaskStatus::Skipped)));
+                .find(|&j| {
+                    matches!(
+                        self.runs[r].tasks[j].phase,
+                        Phase::Done(TaskStatus::Failed | TaskStatus::Skipped)
+                    )
+                });
             if let Some(j) = failed_dep {
                 if self.runs[r].tasks[i].phase == Phase::Blocked {
                     let root = self.runs[r].tasks[j].spec.id.clone();
@@ -308,13 +348,19 @@ impl Scheduler {
         let n = graph.tasks.len();
         match self.config.policy {
             Policy::Fifo => vec![0; n],
-            Policy::Random { seed } => (0..n as u64).map(|i| splitmix64(seed ^ (self.next_seq + i))).collect(),
+            Policy::Random { seed } => (0..n as u64)
+                .map(|i| splitmix64(seed ^ (self.next_seq + i)))
+                .collect(),
             Policy::CriticalPath => {
                 let order = graph.topological_order();
                 let mut rank = vec![0u64; n];
                 for &i in order.iter().rev() {
                     let own = self.estimates.estimate(&graph.tasks[i]).as_millis() as u64;
-                    let tail = graph.dependents[i].iter().map(|&d| rank[d]).max().unwrap_or(0);
+                    let tail = graph.dependents[i]
+                        .iter()
+                        .map(|&d| rank[d])
+                        .max()
+                        .unwrap_or(0);
                     rank[i] = own.max(1) + tail;
                 }
                 rank
@@ -337,13 +383,22 @@ impl Scheduler {
     /// name and instance id) keeps its id and the leases it still holds.
     pub fn agent_connected(&mut self, now: Duration, hello: Hello) -> Result<AgentId, SchedError> {
         if hello.name.trim().is_empty() {
-            return Err(SchedError::BadAgent { name: hello.name, message: "the agent name is empty".into() });
+            return Err(SchedError::BadAgent {
+                name: hello.name,
+                message: "the agent name is empty".into(),
+            });
         }
         if hello.launch_template.trim().is_empty() {
-            return Err(SchedError::BadAgent { name: hello.name, message: "the launch template is empty".into() });
+            return Err(SchedError::BadAgent {
+                name: hello.name,
+                message: "the launch template is empty".into(),
+            });
         }
         if hello.slots == 0 {
-            return Err(SchedError::BadAgent { name: hello.name, message: "slots must be at least 1".into() });
+            return Err(SchedError::BadAgent {
+                name: hello.name,
+                message: "slots must be at least 1".into(),
+            });
         }
         let key = (hello.name.clone(), hello.instance_id.clone());
         let id = if let Some(&id) = self.identities.get(&key) {
@@ -408,7 +463,9 @@ impl Scheduler {
     }
 
     fn reattach(&mut self, now: Duration, id: AgentId, hello: &Hello) {
-        let Some(agent) = self.agents.get_mut(&id) else { return };
+        let Some(agent) = self.agents.get_mut(&id) else {
+            return;
+        };
         agent.connected = true;
         agent.disconnected_at = None;
         agent.last_seen = now;
@@ -417,7 +474,10 @@ impl Scheduler {
         let ours = agent.leases.clone();
         let name = agent.name.clone();
         for held in &hello.held {
-            let valid = self.leases.get(&held.lease).is_some_and(|l| l.agent == id && l.token == held.token);
+            let valid = self
+                .leases
+                .get(&held.lease)
+                .is_some_and(|l| l.agent == id && l.token == held.token);
             if !valid {
                 self.actions.push(Action::Cancel {
                     agent: id,
@@ -428,7 +488,10 @@ impl Scheduler {
         }
         for lease in ours {
             if !hello.held.iter().any(|h| h.lease == lease) {
-                self.revoke(lease, &Revoke::Lost(format!("agent `{name}` reconnected without the task")));
+                self.revoke(
+                    lease,
+                    &Revoke::Lost(format!("agent `{name}` reconnected without the task")),
+                );
             }
         }
     }
@@ -436,7 +499,9 @@ impl Scheduler {
     /// The agent's stream closed. Its leases wait for it to come back, up to the grace period;
     /// a draining agent hands its leases back at once.
     pub fn agent_disconnected(&mut self, now: Duration, agent: AgentId) {
-        let Some(a) = self.agents.get_mut(&agent) else { return };
+        let Some(a) = self.agents.get_mut(&agent) else {
+            return;
+        };
         a.connected = false;
         a.disconnected_at = Some(now);
         if a.draining || a.stopped {
@@ -456,23 +521,38 @@ impl Scheduler {
 
     /// A heartbeat: the agent is alive and holds these leases.
     pub fn heartbeat(&mut self, now: Duration, agent: AgentId, held: &[Held]) {
-        let Some(a) = self.agents.get_mut(&agent) else { return };
+        let Some(a) = self.agents.get_mut(&agent) else {
+            return;
+        };
         a.last_seen = now;
         let ours = a.leases.clone();
         let name = a.name.clone();
         for h in held {
-            let valid = self.leases.get(&h.lease).is_some_and(|l| l.agent == agent && l.token == h.token);
+            let valid = self
+                .leases
+                .get(&h.lease)
+                .is_some_and(|l| l.agent == agent && l.token == h.token);
             if !valid {
-                self.actions.push(Action::Cancel { agent, lease: h.lease, reason: "the lease is no longer active".into() });
+                self.actions.push(Action::Cancel {
+                    agent,
+                    lease: h.lease,
+                    reason: "the lease is no longer active".into(),
+                });
             }
         }
         // A lease the agent should have had for a while but does not report was lost on the way.
         let patience = self.config.heartbeat_interval * 2;
         for lease in ours {
             let lost = !held.iter().any(|h| h.lease == lease)
-                && self.leases.get(&lease).is_some_and(|l| now.saturating_sub(l.granted_at) > patience);
+                && self
+                    .leases
+                    .get(&lease)
+                    .is_some_and(|l| now.saturating_sub(l.granted_at) > patience);
             if lost {
-                self.revoke(lease, &Revoke::Returned(format!("agent `{name}` never received the lease")));
+                self.revoke(
+                    lease,
+                    &Revoke::Returned(format!("agent `{name}` never received the lease")),
+                );
             }
         }
         self.assign(now);
@@ -548,9 +628,16 @@ impl Scheduler {
     // ------------------------------------------------------------------ task progress
 
     fn check_lease(&self, agent: AgentId, lease: LeaseId, token: u64) -> Result<&Lease, Refused> {
-        let l = self.leases.get(&lease).ok_or(Refused::UnknownLease(lease))?;
+        let l = self
+            .leases
+            .get(&lease)
+            .ok_or(Refused::UnknownLease(lease))?;
         if l.token != token {
-            return Err(Refused::WrongToken { lease, expected: l.token, got: token });
+            return Err(Refused::WrongToken {
+                lease,
+                expected: l.token,
+                got: token,
+            });
         }
         if l.agent != agent {
             return Err(Refused::WrongAgent { lease });
@@ -559,7 +646,13 @@ impl Scheduler {
     }
 
     /// The agent started the task of a lease.
-    pub fn task_started(&mut self, now: Duration, agent: AgentId, lease: LeaseId, token: u64) -> Result<(), Refused> {
+    pub fn task_started(
+        &mut self,
+        now: Duration,
+        agent: AgentId,
+        lease: LeaseId,
+        token: u64,
+    ) -> Result<(), Refused> {
         self.check_lease(agent, lease, token)?;
         if let Some(l) = self.leases.get_mut(&lease) {
             l.started = true;
@@ -571,11 +664,21 @@ impl Scheduler {
     }
 
     /// Output of a lease's task: where it belongs (run id, task id, attempt, submissions).
-    pub fn output_target(&self, agent: AgentId, lease: LeaseId, token: u64) -> Result<(String, String, u32, Vec<u64>), Refused> {
+    pub fn output_target(
+        &self,
+        agent: AgentId,
+        lease: LeaseId,
+        token: u64,
+    ) -> Result<(String, String, u32, Vec<u64>), Refused> {
         let l = self.check_lease(agent, lease, token)?;
         let run = &self.runs[l.run];
         let t = &run.tasks[l.task];
-        Ok((run.id.clone(), t.spec.id.clone(), t.attempts, t.submissions.clone()))
+        Ok((
+            run.id.clone(),
+            t.spec.id.clone(),
+            t.attempts,
+            t.submissions.clone(),
+        ))
     }
 
     /// One attempt of a task ended. A result under a lease that is no longer active is refused.
@@ -592,7 +695,11 @@ impl Scheduler {
         if let Some(a) = self.agents.get_mut(&agent) {
             a.last_seen = now;
         }
-        let agent_name = self.agents.get(&agent).map(|a| a.name.clone()).unwrap_or_default();
+        let agent_name = self
+            .agents
+            .get(&agent)
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
         let (r, i) = (lease.run, lease.task);
         {
             let t = &mut self.runs[r].tasks[i];
@@ -605,7 +712,10 @@ impl Scheduler {
             self.estimates.record(&spec, result.duration);
             self.finish(r, i, TaskStatus::Succeeded, String::new());
         } else {
-            let reason = result.error.clone().unwrap_or_else(|| format!("exit code {}", result.exit_code));
+            let reason = result
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("exit code {}", result.exit_code));
             let run = &mut self.runs[r];
             let t = &mut run.tasks[i];
             t.failures += 1;
@@ -640,7 +750,10 @@ impl Scheduler {
 
     /// Removes a lease and frees its agent's capacity.
     fn release(&mut self, lease_id: LeaseId) -> Lease {
-        let lease = self.leases.remove(&lease_id).expect("caller checked the lease");
+        let lease = self
+            .leases
+            .remove(&lease_id)
+            .expect("caller checked the lease");
         if let Some(a) = self.agents.get_mut(&lease.agent) {
             a.leases.retain(|&l| l != lease_id);
             if !lease.cache {
@@ -654,7 +767,11 @@ impl Scheduler {
     }
 
     fn revoke_all(&mut self, agent: AgentId, why: &Revoke) {
-        let leases = self.agents.get(&agent).map(|a| a.leases.clone()).unwrap_or_default();
+        let leases = self
+            .agents
+            .get(&agent)
+            .map(|a| a.leases.clone())
+            .unwrap_or_default();
         for lease in leases {
             self.revoke(lease, why);
         }
@@ -671,7 +788,11 @@ impl Scheduler {
             Revoke::Returned(r) => (r.clone(), false),
         };
         if self.agents.get(&lease.agent).is_some_and(|a| a.connected) {
-            self.actions.push(Action::Cancel { agent: lease.agent, lease: lease_id, reason: reason.clone() });
+            self.actions.push(Action::Cancel {
+                agent: lease.agent,
+                lease: lease_id,
+                reason: reason.clone(),
+            });
         }
         let (r, i) = (lease.run, lease.task);
         let max_lost = self.config.max_lost_attempts;
@@ -712,7 +833,11 @@ impl Scheduler {
         let run = &mut self.runs[r];
         let t = &mut run.tasks[i];
         t.phase = Phase::Ready;
-        let entry = Entry { rank: t.rank, seq, task: i };
+        let entry = Entry {
+            rank: t.rank,
+            seq,
+            task: i,
+        };
         let class = t.class;
         run.ready.push(class, entry);
         run.ready_count += 1;
@@ -773,14 +898,18 @@ impl Scheduler {
                 let why = if status == TaskStatus::Failed {
                     format!("dependency `{id}` failed")
                 } else {
-                    reason_root(&self.runs[r].tasks[i].reason).unwrap_or_else(|| format!("dependency `{id}` was skipped"))
+                    reason_root(&self.runs[r].tasks[i].reason)
+                        .unwrap_or_else(|| format!("dependency `{id}` was skipped"))
                 };
                 for d in dependents {
                     if self.runs[r].tasks[d].phase == Phase::Blocked {
                         self.skip(r, d, why.clone());
                     }
                 }
-                if status == TaskStatus::Failed && self.runs[r].spec.stop_on_failure && self.runs[r].stopping.is_none() {
+                if status == TaskStatus::Failed
+                    && self.runs[r].spec.stop_on_failure
+                    && self.runs[r].stopping.is_none()
+                {
                     self.stop_run_after_failure(r, &id);
                 }
             }
@@ -815,8 +944,15 @@ impl Scheduler {
             s.done = true;
             let tasks: Vec<TaskSummary> = s.tasks.iter().map(|&i| run.tasks[i].summary()).collect();
             let success = tasks.iter().all(|t| t.status == TaskStatus::Succeeded);
-            let event = RunEvent::SubmissionDone { submission: s.id, success, tasks };
-            self.actions.push(Action::Run { run_id: run.id.clone(), event });
+            let event = RunEvent::SubmissionDone {
+                submission: s.id,
+                success,
+                tasks,
+            };
+            self.actions.push(Action::Run {
+                run_id: run.id.clone(),
+                event,
+            });
         }
     }
 
@@ -828,7 +964,11 @@ impl Scheduler {
             return;
         }
         let stop_targets_done = !run.spec.stop_agents_after.is_empty()
-            && run.spec.stop_agents_after.iter().all(|target| run.tasks.iter().any(|t| &t.spec.target == target));
+            && run
+                .spec
+                .stop_agents_after
+                .iter()
+                .all(|target| run.tasks.iter().any(|t| &t.spec.target == target));
         if !(run.complete_requested || stop_targets_done || run.stopping.is_some()) {
             return;
         }
@@ -840,12 +980,18 @@ impl Scheduler {
         } else if run.complete_requested {
             "the main job completed the run".to_string()
         } else {
-            format!("the stop-agents-after targets ({}) are done", run.spec.stop_agents_after.join(", "))
+            format!(
+                "the stop-agents-after targets ({}) are done",
+                run.spec.stop_agents_after.join(", ")
+            )
         };
         let run_id = run.id.clone();
         let exec = run.spec.ci_execution_id.clone();
         self.runs[r].done = Some(success);
-        self.actions.push(Action::Run { run_id: run_id.clone(), event: RunEvent::RunDone { success, reason } });
+        self.actions.push(Action::Run {
+            run_id: run_id.clone(),
+            event: RunEvent::RunDone { success, reason },
+        });
         if self.by_execution.get(&exec) == Some(&r) {
             let ci_agents: Vec<AgentId> = self
                 .agents
@@ -866,7 +1012,12 @@ impl Scheduler {
         if self.ready_total == 0 {
             return;
         }
-        let hungry: Vec<AgentId> = self.agents.values().filter(|a| a.can_take()).map(|a| a.id).collect();
+        let hungry: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|a| a.can_take())
+            .map(|a| a.id)
+            .collect();
         for id in hungry {
             while self.ready_total > 0 && self.agents[&id].can_take() {
                 let Some((r, i)) = self.pick(id) else { break };
@@ -881,7 +1032,10 @@ impl Scheduler {
         let n = self.runs.len();
         for k in 0..n {
             let r = (self.next_run_turn + k) % n;
-            if self.runs[r].ready_count == 0 || self.runs[r].stopping.is_some() || !serves(&self.by_execution, &self.agents[&agent_id], r) {
+            if self.runs[r].ready_count == 0
+                || self.runs[r].stopping.is_some()
+                || !serves(&self.by_execution, &self.agents[&agent_id], r)
+            {
                 continue;
             }
             if let Some(i) = self.pick_in_run(agent_id, r) {
@@ -899,7 +1053,9 @@ impl Scheduler {
             .ready
             .classes
             .iter()
-            .filter(|(class, heap)| !heap.is_empty() && run.spec.rules.allows(**class, &agent.template))
+            .filter(|(class, heap)| {
+                !heap.is_empty() && run.spec.rules.allows(**class, &agent.template)
+            })
             .map(|(class, _)| *class)
             .collect();
         let mut best: Option<(Class, Entry)> = None;
@@ -964,7 +1120,10 @@ impl Scheduler {
         self.next_lease += 1;
         let token = self.next_token;
         self.next_token += 1;
-        let agent = self.agents.get_mut(&agent_id).expect("picked for a known agent");
+        let agent = self
+            .agents
+            .get_mut(&agent_id)
+            .expect("picked for a known agent");
         let run = &mut self.runs[r];
         let t = &mut run.tasks[i];
         t.phase = Phase::Leased(lease_id);
@@ -981,7 +1140,16 @@ impl Scheduler {
         }
         self.leases.insert(
             lease_id,
-            Lease { token, agent: agent_id, run: r, task: i, granted_at: now, started: false, group, cache: t.spec.cache },
+            Lease {
+                token,
+                agent: agent_id,
+                run: r,
+                task: i,
+                granted_at: now,
+                started: false,
+                group,
+                cache: t.spec.cache,
+            },
         );
         let mut env = run.spec.env.clone();
         env.extend(t.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -1002,8 +1170,14 @@ impl Scheduler {
             template: agent.template.clone(),
             attempt: t.attempts,
         };
-        self.actions.push(Action::Lease { agent: agent_id, grant });
-        self.actions.push(Action::Run { run_id: run.id.clone(), event });
+        self.actions.push(Action::Lease {
+            agent: agent_id,
+            grant,
+        });
+        self.actions.push(Action::Run {
+            run_id: run.id.clone(),
+            event,
+        });
     }
 
     /// Reports, once per class, ready tasks that no connected agent may run.
@@ -1023,7 +1197,11 @@ impl Scheduler {
                 let run = &self.runs[r];
                 let rules = &run.spec.rules;
                 let served = self.agents.values().any(|a| {
-                    a.connected && !a.draining && !a.stopped && serves(&self.by_execution, a, r) && rules.allows(class, &a.template)
+                    a.connected
+                        && !a.draining
+                        && !a.stopped
+                        && serves(&self.by_execution, a, r)
+                        && rules.allows(class, &a.template)
                 });
                 if served {
                     continue;
@@ -1048,7 +1226,11 @@ impl Scheduler {
                 }
                 let reason = match class {
                     Some(rule) => {
-                        let types: Vec<String> = rules.rules[rule].run_on.iter().map(|o| o.agent.clone()).collect();
+                        let types: Vec<String> = rules.rules[rule]
+                            .run_on
+                            .iter()
+                            .map(|o| o.agent.clone())
+                            .collect();
                         format!(
                             "waiting for an agent of type {} (assignment rule {} of {}); none is connected",
                             types.join(" or "),
@@ -1069,7 +1251,14 @@ impl Scheduler {
                 };
                 let run_id = run.id.clone();
                 self.runs[r].waiting_reported.insert(class);
-                self.actions.push(Action::Run { run_id, event: RunEvent::Waiting { submissions, tasks, reason } });
+                self.actions.push(Action::Run {
+                    run_id,
+                    event: RunEvent::Waiting {
+                        submissions,
+                        tasks,
+                        reason,
+                    },
+                });
             }
         }
     }
@@ -1079,7 +1268,14 @@ impl Scheduler {
     pub fn progress(&self, run_id: &str, submission: Option<u64>) -> Option<Progress> {
         let run = &self.runs[*self.run_index.get(run_id)?];
         let members: Box<dyn Iterator<Item = &TaskState>> = match submission {
-            Some(s) => Box::new(run.submissions.iter().find(|x| x.id == s)?.tasks.iter().map(|&i| &run.tasks[i])),
+            Some(s) => Box::new(
+                run.submissions
+                    .iter()
+                    .find(|x| x.id == s)?
+                    .tasks
+                    .iter()
+                    .map(|&i| &run.tasks[i]),
+            ),
             None => Box::new(run.tasks.iter()),
         };
         let mut p = Progress::default();
@@ -1113,7 +1309,10 @@ impl Scheduler {
     }
 
     pub fn run_views(&self) -> Vec<RunView> {
-        self.runs.iter().filter_map(|r| self.run_view(&r.id)).collect()
+        self.runs
+            .iter()
+            .filter_map(|r| self.run_view(&r.id))
+            .collect()
     }
 
     pub fn agent_views(&self) -> Vec<AgentView> {
@@ -1152,7 +1351,10 @@ fn fits(agent: &Agent, r: usize, t: &TaskState, rules: &crate::rules::RuleSet) -
     if !t.spec.cache && agent.non_cacheable > 0 {
         return false;
     }
-    let cap = t.class.and_then(|rule| rules.parallelism(rule, &agent.template)).or(t.spec.parallelism);
+    let cap = t
+        .class
+        .and_then(|rule| rules.parallelism(rule, &agent.template))
+        .or(t.spec.parallelism);
     !cap.is_some_and(|cap| agent.in_group((r, t.class)) >= cap)
 }
 
@@ -1165,12 +1367,21 @@ fn serves(by_execution: &HashMap<String, usize>, agent: &Agent, r: usize) -> boo
 }
 
 fn run_over_reason(run_id: &str, success: bool) -> String {
-    format!("run {run_id} {}", if success { "completed" } else { "ended with failures" })
+    format!(
+        "run {run_id} {}",
+        if success {
+            "completed"
+        } else {
+            "ended with failures"
+        }
+    )
 }
 
 /// For a task skipped because of another, the root cause to repeat to its own dependents.
 fn reason_root(reason: &str) -> Option<String> {
-    reason.starts_with("dependency ").then(|| reason.to_string())
+    reason
+        .starts_with("dependency ")
+        .then(|| reason.to_string())
 }
 
 /// A small, good 64-bit mixer for seeded orders.

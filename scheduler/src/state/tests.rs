@@ -28,7 +28,14 @@ impl Harness {
     }
 
     fn with(config: Config) -> Self {
-        Harness { s: Scheduler::new(config), now: Duration::ZERO, leases: vec![], events: vec![], cancels: vec![], stops: vec![] }
+        Harness {
+            s: Scheduler::new(config),
+            now: Duration::ZERO,
+            leases: vec![],
+            events: vec![],
+            cancels: vec![],
+            stops: vec![],
+        }
     }
 
     fn drain(&mut self) {
@@ -43,13 +50,19 @@ impl Harness {
     }
 
     fn run(&mut self, spec: RunSpec) -> String {
-        let (id, _) = self.s.start_run(self.now, format!("run-{}", spec.ci_execution_id), spec).unwrap();
+        let (id, _) = self
+            .s
+            .start_run(self.now, format!("run-{}", spec.ci_execution_id), spec)
+            .unwrap();
         self.drain();
         id
     }
 
     fn simple_run(&mut self, exec: &str) -> String {
-        self.run(RunSpec { ci_execution_id: exec.into(), ..RunSpec::default() })
+        self.run(RunSpec {
+            ci_execution_id: exec.into(),
+            ..RunSpec::default()
+        })
     }
 
     fn agent(&mut self, name: &str, template: &str, slots: u32, exec: Option<&str>) -> AgentId {
@@ -78,7 +91,13 @@ impl Harness {
     }
 
     fn finish(&mut self, lease: &(AgentId, LeaseGrant), code: i32) -> Result<(), Refused> {
-        let r = self.s.task_finished(self.now, lease.0, lease.1.lease, lease.1.token, TaskResult::exit(code, ms(100)));
+        let r = self.s.task_finished(
+            self.now,
+            lease.0,
+            lease.1.lease,
+            lease.1.token,
+            TaskResult::exit(code, ms(100)),
+        );
         self.drain();
         r
     }
@@ -100,7 +119,10 @@ impl Harness {
     }
 
     fn final_status(&self, task: &str) -> Option<TaskStatus> {
-        self.finished(task).into_iter().rfind(|f| !f.retrying).map(|f| f.status)
+        self.finished(task)
+            .into_iter()
+            .rfind(|f| !f.retrying)
+            .map(|f| f.status)
     }
 }
 
@@ -119,7 +141,14 @@ fn dependencies_run_in_order() {
     let mut h = Harness::new();
     let run = h.simple_run("ci-1");
     h.agent("a1", "linux", 4, None);
-    h.submit(&run, vec![t("app:build", &["lib:build"]), t("lib:build", &[]), t("app:test", &["app:build"])]);
+    h.submit(
+        &run,
+        vec![
+            t("app:build", &["lib:build"]),
+            t("lib:build", &[]),
+            t("app:test", &["app:build"]),
+        ],
+    );
     let first = h.take_leases();
     assert_eq!(ids(&first), ["lib:build"]);
     h.finish(&first[0], 0).unwrap();
@@ -129,7 +158,11 @@ fn dependencies_run_in_order() {
     let third = h.take_leases();
     assert_eq!(ids(&third), ["app:test"]);
     h.finish(&third[0], 0).unwrap();
-    assert!(h.events.iter().any(|e| matches!(e, RunEvent::SubmissionDone { success: true, .. })));
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, RunEvent::SubmissionDone { success: true, .. }))
+    );
 }
 
 #[test]
@@ -147,12 +180,25 @@ fn an_agent_never_exceeds_its_slots_and_runs_one_non_cacheable_task_at_a_time() 
     h.submit(&run, tasks);
     let leases = h.take_leases();
     assert_eq!(leases.len(), 3);
-    assert_eq!(leases.iter().filter(|(_, g)| g.task_id.ends_with(":e2e")).count(), 1);
-    let e2e = leases.iter().find(|(_, g)| g.task_id.ends_with(":e2e")).unwrap().clone();
+    assert_eq!(
+        leases
+            .iter()
+            .filter(|(_, g)| g.task_id.ends_with(":e2e"))
+            .count(),
+        1
+    );
+    let e2e = leases
+        .iter()
+        .find(|(_, g)| g.task_id.ends_with(":e2e"))
+        .unwrap()
+        .clone();
     h.finish(&e2e, 0).unwrap();
     let next = h.take_leases();
     assert_eq!(ids(&next).len(), 1);
-    assert!(next[0].1.task_id.ends_with(":e2e"), "the next e2e takes the freed slot first");
+    assert!(
+        next[0].1.task_id.ends_with(":e2e"),
+        "the next e2e takes the freed slot first"
+    );
 }
 
 #[test]
@@ -160,10 +206,26 @@ fn a_failure_skips_dependents_and_names_the_cause() {
     let mut h = Harness::new();
     let run = h.simple_run("ci-1");
     h.agent("a1", "linux", 2, None);
-    h.submit(&run, vec![t("lib:build", &[]), t("app:build", &["lib:build"]), t("app:e2e", &["app:build"]), t("other:lint", &[])]);
+    h.submit(
+        &run,
+        vec![
+            t("lib:build", &[]),
+            t("app:build", &["lib:build"]),
+            t("app:e2e", &["app:build"]),
+            t("other:lint", &[]),
+        ],
+    );
     let leases = h.take_leases();
-    let lib = leases.iter().find(|(_, g)| g.task_id == "lib:build").unwrap().clone();
-    let lint = leases.iter().find(|(_, g)| g.task_id == "other:lint").unwrap().clone();
+    let lib = leases
+        .iter()
+        .find(|(_, g)| g.task_id == "lib:build")
+        .unwrap()
+        .clone();
+    let lint = leases
+        .iter()
+        .find(|(_, g)| g.task_id == "other:lint")
+        .unwrap()
+        .clone();
     h.finish(&lib, 2).unwrap();
     h.finish(&lint, 0).unwrap();
     assert_eq!(h.final_status("lib:build"), Some(TaskStatus::Failed));
@@ -197,9 +259,19 @@ fn critical_path_goes_first() {
 
 #[test]
 fn fifo_policy_keeps_readiness_order() {
-    let mut h = Harness::with(Config { policy: Policy::Fifo, ..Config::default() });
+    let mut h = Harness::with(Config {
+        policy: Policy::Fifo,
+        ..Config::default()
+    });
     let run = h.simple_run("ci-1");
-    h.submit(&run, vec![t("short:build", &[]), t("long:a", &[]), t("long:b", &["long:a"])]);
+    h.submit(
+        &run,
+        vec![
+            t("short:build", &[]),
+            t("long:a", &[]),
+            t("long:b", &["long:a"]),
+        ],
+    );
     h.agent("a1", "linux", 1, None);
     assert_eq!(ids(&h.take_leases()), ["short:build"]);
 }
@@ -221,14 +293,20 @@ fn a_silent_agent_loses_its_lease_after_the_timeout_and_its_late_result_is_refus
         h.s.tick(h.now);
         h.drain();
     }
-    assert!(h.take_leases().is_empty(), "not revoked at exactly the lease timeout");
+    assert!(
+        h.take_leases().is_empty(),
+        "not revoked at exactly the lease timeout"
+    );
     h.advance(ms(1));
     let second = h.take_leases();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].0, a2, "requeued on the other agent");
     assert_eq!(second[0].1.attempt, 2);
     assert!(h.events.iter().any(|e| matches!(e, RunEvent::TaskRequeued { reason, .. } if reason.contains("no heartbeat for 10.0s"))));
-    assert_eq!(h.finish(&first[0], 0), Err(Refused::UnknownLease(first[0].1.lease)));
+    assert_eq!(
+        h.finish(&first[0], 0),
+        Err(Refused::UnknownLease(first[0].1.lease))
+    );
     h.finish(&second[0], 0).unwrap();
     assert_eq!(h.finished("x:build").len(), 1, "finished exactly once");
 }
@@ -248,7 +326,10 @@ fn a_reconnect_within_the_grace_period_keeps_the_lease() {
         launch_template: "linux".into(),
         slots: 1,
         ci_execution_id: None,
-        held: vec![Held { lease: lease.1.lease, token: lease.1.token }],
+        held: vec![Held {
+            lease: lease.1.lease,
+            token: lease.1.token,
+        }],
     };
     assert_eq!(h.s.agent_connected(h.now, hello).unwrap(), a1);
     h.drain();
@@ -267,7 +348,11 @@ fn a_disconnected_agent_that_stays_away_loses_its_leases_after_the_grace_period(
     let lease = h.take_leases().remove(0);
     h.s.agent_disconnected(h.now, a1);
     h.advance(ms(10_000));
-    assert!(h.events.iter().all(|e| !matches!(e, RunEvent::TaskRequeued { .. })));
+    assert!(
+        h.events
+            .iter()
+            .all(|e| !matches!(e, RunEvent::TaskRequeued { .. }))
+    );
     h.advance(ms(1));
     assert!(h.events.iter().any(|e| matches!(e, RunEvent::TaskRequeued { reason, .. } if reason.contains("did not come back"))));
     // The agent comes back too late: the old lease is refused and it gets the task anew.
@@ -277,7 +362,10 @@ fn a_disconnected_agent_that_stays_away_loses_its_leases_after_the_grace_period(
         launch_template: "linux".into(),
         slots: 1,
         ci_execution_id: None,
-        held: vec![Held { lease: lease.1.lease, token: lease.1.token }],
+        held: vec![Held {
+            lease: lease.1.lease,
+            token: lease.1.token,
+        }],
     };
     let again = h.s.agent_connected(h.now, hello).unwrap();
     h.drain();
@@ -301,14 +389,22 @@ fn a_task_fails_after_losing_its_agent_three_times() {
     let f = h.finished("x:build");
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].status, TaskStatus::Failed);
-    assert!(f[0].reason.starts_with("agent lost 3 times"), "{}", f[0].reason);
+    assert!(
+        f[0].reason.starts_with("agent lost 3 times"),
+        "{}",
+        f[0].reason
+    );
     assert_eq!(h.final_status("x:test"), Some(TaskStatus::Skipped));
 }
 
 #[test]
 fn retries_prefer_another_agent_and_report_flaky() {
     let mut h = Harness::new();
-    let run = h.run(RunSpec { ci_execution_id: "ci-1".into(), retries: 1, ..RunSpec::default() });
+    let run = h.run(RunSpec {
+        ci_execution_id: "ci-1".into(),
+        retries: 1,
+        ..RunSpec::default()
+    });
     let a1 = h.agent("a1", "linux", 1, None);
     h.submit(&run, vec![t("x:test", &[])]);
     let first = h.take_leases().remove(0);
@@ -320,13 +416,20 @@ fn retries_prefer_another_agent_and_report_flaky() {
     assert_eq!(second.0, a2, "the retry goes to the other agent");
     h.finish(&second, 0).unwrap();
     let last = h.finished("x:test").into_iter().last().unwrap().clone();
-    assert_eq!((last.status, last.flaky, last.attempt), (TaskStatus::Succeeded, true, 2));
+    assert_eq!(
+        (last.status, last.flaky, last.attempt),
+        (TaskStatus::Succeeded, true, 2)
+    );
 }
 
 #[test]
 fn retries_run_out() {
     let mut h = Harness::new();
-    let run = h.run(RunSpec { ci_execution_id: "ci-1".into(), retries: 2, ..RunSpec::default() });
+    let run = h.run(RunSpec {
+        ci_execution_id: "ci-1".into(),
+        retries: 2,
+        ..RunSpec::default()
+    });
     h.agent("a1", "linux", 1, None);
     h.submit(&run, vec![t("x:test", &[])]);
     for _ in 0..3 {
@@ -347,7 +450,11 @@ fn completing_an_empty_run_ends_it_and_stops_its_ci_agents_only() {
     let daemon = h.agent("daemon", "linux", 1, None);
     h.s.complete_run(h.now, &run).unwrap();
     h.drain();
-    assert!(h.events.iter().any(|e| matches!(e, RunEvent::RunDone { success: true, .. })));
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, RunEvent::RunDone { success: true, .. }))
+    );
     assert_eq!(h.stops, vec![ci]);
     let _ = (other, daemon);
     // A CI agent of that execution that connects late is stopped at once.
@@ -372,7 +479,11 @@ fn the_run_waits_for_running_tasks_before_it_completes() {
 #[test]
 fn stop_agents_after_ends_the_run_when_those_targets_are_done() {
     let mut h = Harness::new();
-    let run = h.run(RunSpec { ci_execution_id: "ci-1".into(), stop_agents_after: vec!["e2e".into()], ..RunSpec::default() });
+    let run = h.run(RunSpec {
+        ci_execution_id: "ci-1".into(),
+        stop_agents_after: vec!["e2e".into()],
+        ..RunSpec::default()
+    });
     let ci = h.agent("ci-agent", "linux", 2, Some("ci-1"));
     h.submit(&run, vec![t("app:build", &[])]);
     let l = h.take_leases().remove(0);
@@ -390,10 +501,23 @@ fn ci_agents_serve_only_their_run_and_daemons_serve_all_in_turn() {
     let r1 = h.simple_run("ci-1");
     let r2 = h.simple_run("ci-2");
     let ci1 = h.agent("ci1", "linux", 8, Some("ci-1"));
-    h.submit(&r2, (0..4).map(|i| t(&format!("b{i}:build"), &[])).collect());
-    assert!(h.take_leases().is_empty(), "a CI agent of ci-1 takes nothing of ci-2");
-    h.submit(&r1, (0..4).map(|i| t(&format!("a{i}:build"), &[])).collect());
-    assert!(h.take_leases().iter().all(|(a, g)| *a == ci1 && g.run_id == r1));
+    h.submit(
+        &r2,
+        (0..4).map(|i| t(&format!("b{i}:build"), &[])).collect(),
+    );
+    assert!(
+        h.take_leases().is_empty(),
+        "a CI agent of ci-1 takes nothing of ci-2"
+    );
+    h.submit(
+        &r1,
+        (0..4).map(|i| t(&format!("a{i}:build"), &[])).collect(),
+    );
+    assert!(
+        h.take_leases()
+            .iter()
+            .all(|(a, g)| *a == ci1 && g.run_id == r1)
+    );
     let _daemon = h.agent("daemon", "linux", 2, None);
     let got = h.take_leases();
     assert_eq!(got.len(), 2);
@@ -403,8 +527,14 @@ fn ci_agents_serve_only_their_run_and_daemons_serve_all_in_turn() {
     let mut h = Harness::new();
     let r1 = h.simple_run("ci-1");
     let r2 = h.simple_run("ci-2");
-    h.submit(&r1, (0..4).map(|i| t(&format!("a{i}:build"), &[])).collect());
-    h.submit(&r2, (0..4).map(|i| t(&format!("b{i}:build"), &[])).collect());
+    h.submit(
+        &r1,
+        (0..4).map(|i| t(&format!("a{i}:build"), &[])).collect(),
+    );
+    h.submit(
+        &r2,
+        (0..4).map(|i| t(&format!("b{i}:build"), &[])).collect(),
+    );
     h.agent("daemon", "linux", 4, None);
     let got = h.take_leases();
     assert_eq!(got.iter().filter(|(_, g)| g.run_id == r1).count(), 2);
@@ -429,7 +559,11 @@ const RULES: &str = "assignment-rules:
 fn rules_send_tasks_to_their_templates_with_their_parallelism() {
     let mut h = Harness::new();
     let rules = RuleSet::parse("rules.yaml", RULES).unwrap();
-    let run = h.run(RunSpec { ci_execution_id: "ci-1".into(), rules, ..RunSpec::default() });
+    let run = h.run(RunSpec {
+        ci_execution_id: "ci-1".into(),
+        rules,
+        ..RunSpec::default()
+    });
     let medium = h.agent("m", "linux-medium", 4, None);
     let mut tasks: Vec<TaskSpec> = (0..4).map(|i| t(&format!("p{i}:build"), &[])).collect();
     tasks.extend((0..2).map(|i| t(&format!("p{i}:e2e-ci"), &[])));
@@ -437,8 +571,16 @@ fn rules_send_tasks_to_their_templates_with_their_parallelism() {
     h.submit(&run, tasks);
     let got = h.take_leases();
     // Medium: at most 2 builds (rule parallelism), lint (no rule) may run too, no e2e.
-    assert_eq!(got.iter().filter(|(_, g)| g.task_id.ends_with(":build")).count(), 2);
-    assert!(got.iter().all(|(a, g)| *a == medium && !g.task_id.contains("e2e")));
+    assert_eq!(
+        got.iter()
+            .filter(|(_, g)| g.task_id.ends_with(":build"))
+            .count(),
+        2
+    );
+    assert!(
+        got.iter()
+            .all(|(a, g)| *a == medium && !g.task_id.contains("e2e"))
+    );
     assert_eq!(got.len(), 3);
     h.advance(ms(100));
     let waiting = h.events.iter().find_map(|e| match e {
@@ -447,7 +589,10 @@ fn rules_send_tasks_to_their_templates_with_their_parallelism() {
     });
     let (tasks, reason) = waiting.expect("the main job hears that e2e tasks wait");
     assert_eq!(tasks, ["p0:e2e-ci", "p1:e2e-ci"]);
-    assert!(reason.contains("linux-large") && reason.contains("rule 1"), "{reason}");
+    assert!(
+        reason.contains("linux-large") && reason.contains("rule 1"),
+        "{reason}"
+    );
     let large = h.agent("l", "linux-large", 4, None);
     let got = h.take_leases();
     // Large: one e2e (parallelism 1) and the two remaining builds (no cap for large).
@@ -473,8 +618,19 @@ fn a_heartbeat_without_a_granted_lease_heals_a_lost_message() {
     assert_eq!(again.len(), 1);
     assert_ne!(again[0].1.lease, lost.1.lease);
     // And a lease the agent reports that the coordinator does not know is cancelled.
-    assert_eq!(h.cancels, vec![(a1, lost.1.lease)], "the agent is told to drop the lost lease");
-    h.s.heartbeat(h.now, a1, &[Held { lease: LeaseId(999), token: 1 }]);
+    assert_eq!(
+        h.cancels,
+        vec![(a1, lost.1.lease)],
+        "the agent is told to drop the lost lease"
+    );
+    h.s.heartbeat(
+        h.now,
+        a1,
+        &[Held {
+            lease: LeaseId(999),
+            token: 1,
+        }],
+    );
     h.drain();
     assert_eq!(h.cancels, vec![(a1, lost.1.lease), (a1, LeaseId(999))]);
 }
@@ -482,18 +638,41 @@ fn a_heartbeat_without_a_granted_lease_heals_a_lost_message() {
 #[test]
 fn stop_on_failure_starts_nothing_new_and_ends_the_run_failed() {
     let mut h = Harness::new();
-    let run = h.run(RunSpec { ci_execution_id: "ci-1".into(), stop_on_failure: true, ..RunSpec::default() });
+    let run = h.run(RunSpec {
+        ci_execution_id: "ci-1".into(),
+        stop_on_failure: true,
+        ..RunSpec::default()
+    });
     let ci = h.agent("a1", "linux", 2, Some("ci-1"));
-    h.submit(&run, vec![t("a:test", &[]), t("b:test", &[]), t("c:test", &[]), t("d:build", &["a:test"])]);
+    h.submit(
+        &run,
+        vec![
+            t("a:test", &[]),
+            t("b:test", &[]),
+            t("c:test", &[]),
+            t("d:build", &["a:test"]),
+        ],
+    );
     let got = h.take_leases();
     assert_eq!(got.len(), 2);
     h.finish(&got[0], 1).unwrap();
-    assert!(h.take_leases().is_empty(), "nothing new starts after the failure");
+    assert!(
+        h.take_leases().is_empty(),
+        "nothing new starts after the failure"
+    );
     assert!(h.stops.is_empty(), "the running task finishes first");
     h.finish(&got[1], 0).unwrap();
     assert_eq!(h.stops, vec![ci]);
-    assert!(h.events.iter().any(|e| matches!(e, RunEvent::RunDone { success: false, .. })));
-    let skipped: Vec<_> = h.events.iter().filter(|e| matches!(e, RunEvent::TaskFinished(f) if f.status == TaskStatus::Skipped)).collect();
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, RunEvent::RunDone { success: false, .. }))
+    );
+    let skipped: Vec<_> = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, RunEvent::TaskFinished(f) if f.status == TaskStatus::Skipped))
+        .collect();
     assert_eq!(skipped.len(), 2);
 }
 
@@ -504,7 +683,10 @@ fn submissions_share_tasks_the_run_already_has() {
     h.agent("a1", "linux", 4, None);
     h.submit(&run, vec![t("lib:build", &[])]);
     let l = h.take_leases().remove(0);
-    let s2 = h.submit(&run, vec![t("lib:build", &[]), t("app:build", &["lib:build"])]);
+    let s2 = h.submit(
+        &run,
+        vec![t("lib:build", &[]), t("app:build", &["lib:build"])],
+    );
     assert!(h.take_leases().is_empty(), "lib:build is not run twice");
     h.finish(&l, 0).unwrap();
     let l2 = h.take_leases().remove(0);
@@ -538,7 +720,11 @@ fn a_draining_agent_gets_nothing_new_and_hands_back_on_disconnect_without_charge
     h.drain();
     let a3 = h.agent("a3", "linux", 1, None);
     let l3 = h.take_leases().remove(0);
-    assert_eq!((l3.0, l3.1.attempt), (a3, l2.1.attempt), "handed back without charging an attempt");
+    assert_eq!(
+        (l3.0, l3.1.attempt),
+        (a3, l2.1.attempt),
+        "handed back without charging an attempt"
+    );
 }
 
 // ---------------------------------------------------------------- properties
@@ -569,11 +755,19 @@ fn step() -> impl Strategy<Value = Step> {
 
 fn dag() -> impl Strategy<Value = Vec<Vec<usize>>> {
     (2usize..25).prop_flat_map(|n| {
-        proptest::collection::vec(proptest::collection::vec(any::<prop::sample::Index>(), 0..3), n).prop_map(move |raw| {
+        proptest::collection::vec(
+            proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+            n,
+        )
+        .prop_map(move |raw| {
             raw.iter()
                 .enumerate()
                 .map(|(i, deps)| {
-                    let mut d: Vec<usize> = if i == 0 { vec![] } else { deps.iter().map(|x| x.index(i)).collect() };
+                    let mut d: Vec<usize> = if i == 0 {
+                        vec![]
+                    } else {
+                        deps.iter().map(|x| x.index(i)).collect()
+                    };
                     d.sort_unstable();
                     d.dedup();
                     d

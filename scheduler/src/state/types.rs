@@ -101,11 +101,19 @@ pub struct TaskResult {
 
 impl TaskResult {
     pub fn success(duration: Duration) -> Self {
-        TaskResult { exit_code: 0, duration, error: None }
+        TaskResult {
+            exit_code: 0,
+            duration,
+            error: None,
+        }
     }
 
     pub fn exit(code: i32, duration: Duration) -> Self {
-        TaskResult { exit_code: code, duration, error: None }
+        TaskResult {
+            exit_code: code,
+            duration,
+            error: None,
+        }
     }
 
     pub fn succeeded(&self) -> bool {
@@ -125,7 +133,10 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Skipped)
+        matches!(
+            self,
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Skipped
+        )
     }
 }
 
@@ -172,14 +183,36 @@ pub struct TaskFinished {
 /// Something the main job should hear about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunEvent {
-    TaskStarted { task: String, submissions: Vec<u64>, agent: String, template: String, attempt: u32 },
+    TaskStarted {
+        task: String,
+        submissions: Vec<u64>,
+        agent: String,
+        template: String,
+        attempt: u32,
+    },
     TaskFinished(TaskFinished),
     /// A lease was taken back (agent lost, drained); the task is queued again.
-    TaskRequeued { task: String, submissions: Vec<u64>, reason: String, attempt: u32 },
+    TaskRequeued {
+        task: String,
+        submissions: Vec<u64>,
+        reason: String,
+        attempt: u32,
+    },
     /// Ready tasks that no connected agent may run.
-    Waiting { submissions: Vec<u64>, tasks: Vec<String>, reason: String },
-    SubmissionDone { submission: u64, success: bool, tasks: Vec<TaskSummary> },
-    RunDone { success: bool, reason: String },
+    Waiting {
+        submissions: Vec<u64>,
+        tasks: Vec<String>,
+        reason: String,
+    },
+    SubmissionDone {
+        submission: u64,
+        success: bool,
+        tasks: Vec<TaskSummary>,
+    },
+    RunDone {
+        success: bool,
+        reason: String,
+    },
 }
 
 /// What the owner of the scheduler must do after a call.
@@ -188,7 +221,11 @@ pub enum Action {
     /// Send this lease to the agent.
     Lease { agent: AgentId, grant: LeaseGrant },
     /// Tell the agent to kill the task of a lease it must no longer run.
-    Cancel { agent: AgentId, lease: LeaseId, reason: String },
+    Cancel {
+        agent: AgentId,
+        lease: LeaseId,
+        reason: String,
+    },
     /// Tell the agent to exit: its run is over.
     Stop { agent: AgentId, reason: String },
     /// Record and forward an event of a run.
@@ -201,7 +238,11 @@ pub enum Refused {
     #[error("lease {0} is not active (it was revoked or has finished)")]
     UnknownLease(LeaseId),
     #[error("lease {lease} has fencing token {expected}, not {got}")]
-    WrongToken { lease: LeaseId, expected: u64, got: u64 },
+    WrongToken {
+        lease: LeaseId,
+        expected: u64,
+        got: u64,
+    },
     #[error("lease {lease} belongs to another agent")]
     WrongAgent { lease: LeaseId },
 }
