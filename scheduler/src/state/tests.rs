@@ -799,7 +799,10 @@ proptest! {
         let mut dead: Vec<(AgentId, LeaseGrant)> = Vec::new();
         let mut succeeded: HashSet<String> = HashSet::new();
         let mut connected = vec![true; agents.len()];
-        let check_new = |h: &mut Harness, agents: &[AgentId], running: &mut Vec<(AgentId, LeaseGrant)>, succeeded: &HashSet<String>| {
+
+        // Leases the agents receive (a task never starts before its dependencies succeeded),
+        // and cancelled leases, which agents drop.
+        let absorb = |h: &mut Harness, running: &mut Vec<(AgentId, LeaseGrant)>, dead: &mut Vec<(AgentId, LeaseGrant)>, succeeded: &HashSet<String>| -> Result<(), TestCaseError> {
             for (a, g) in h.take_leases() {
                 let spec = tasks.iter().find(|x| x.id == g.task_id).unwrap();
                 for d in &spec.depends_on {
@@ -807,20 +810,29 @@ proptest! {
                 }
                 running.push((a, g));
             }
+            let cancels = std::mem::take(&mut h.cancels);
+            running.retain(|(a, g)| {
+                let gone = cancels.iter().any(|(_, l)| *l == g.lease);
+                if gone { dead.push((*a, g.clone())); }
+                !gone
+            });
+            Ok(())
+        };
+        // No agent over its slots, none with two non-cacheable tasks.
+        let check_caps = |agents: &[AgentId], running: &[(AgentId, LeaseGrant)]| -> Result<(), TestCaseError> {
             let mut per_agent: HashMap<AgentId, (u32, u32)> = HashMap::new();
-            for (a, g) in running.iter() {
+            for (a, g) in running {
                 let e = per_agent.entry(*a).or_default();
                 e.0 += 1;
                 if !tasks.iter().find(|x| x.id == g.task_id).unwrap().cache { e.1 += 1; }
             }
             for (a, (n, nc)) in per_agent {
-                let idx = agents.iter().position(|x| *x == a).unwrap();
+                let Some(idx) = agents.iter().position(|x| *x == a) else { continue };
                 prop_assert!(n <= slots[idx], "agent over its slots");
                 prop_assert!(nc <= 1, "two non-cacheable tasks on one agent");
             }
             Ok(())
         };
-        check_new(&mut h, &agents, &mut running, &succeeded)?;
         // An agent reconnects with the leases it still runs. After the grace period it was
         // forgotten and comes back under a new id.
         let reconnect = |h: &mut Harness, i: usize, agents: &[AgentId], running: &[(AgentId, LeaseGrant)]| {
@@ -830,7 +842,11 @@ proptest! {
             h.drain();
             id
         };
-        for s in steps.iter().cloned().chain(std::iter::repeat_n(Step::Wait(11_000), 3)).chain(std::iter::repeat_n(Step::Finish(0), 100)) {
+
+        absorb(&mut h, &mut running, &mut dead, &succeeded)?;
+        check_caps(&agents, &running)?;
+        let tail = std::iter::repeat_n(Step::Wait(11_000), 3).chain(std::iter::repeat_n(Step::Finish(0), 100));
+        for s in steps.iter().cloned().chain(tail) {
             match s {
                 Step::Finish(code) => {
                     // Only a connected agent can report; with none busy, everyone comes back.
@@ -870,12 +886,13 @@ proptest! {
                     }
                 }
                 Step::Wait(n) => {
-                    // Connected agents heartbeat the leases they hold.
+                    // Connected agents heartbeat the leases they hold, once a second.
                     let mut left = n;
                     while left > 0 {
                         let dt = left.min(1000);
                         left -= dt;
                         h.now += ms(dt);
+                        absorb(&mut h, &mut running, &mut dead, &succeeded)?;
                         for (i, a) in agents.iter().enumerate() {
                             if connected[i] {
                                 let held: Vec<Held> = running.iter().filter(|(x, _)| x == a).map(|(_, g)| Held { lease: g.lease, token: g.token }).collect();
@@ -892,14 +909,10 @@ proptest! {
                     }
                 }
             }
-            // Cancelled leases are dropped by their agents.
-            let cancels = std::mem::take(&mut h.cancels);
-            running.retain(|(a, g)| {
-                let gone = cancels.iter().any(|(_, l)| *l == g.lease) || !agents.contains(a);
-                if gone { dead.push((*a, g.clone())); }
-                !gone
-            });
-            check_new(&mut h, &agents, &mut running, &succeeded)?;
+            absorb(&mut h, &mut running, &mut dead, &succeeded)?;
+            // Leases of an agent that was forgotten and came back under a new id are gone.
+            running.retain(|(a, _)| agents.contains(a));
+            check_caps(&agents, &running)?;
         }
         // Every task ended exactly once.
         for task in &tasks {

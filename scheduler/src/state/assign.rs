@@ -1,0 +1,288 @@
+//! Handing ready tasks to free slots: eligibility, capacity, run fairness, waiting reports.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+
+impl Scheduler {
+    /// Hands ready tasks to free slots until nothing more fits.
+    pub(super) fn assign(&mut self, now: Duration) {
+        if self.ready_total == 0 {
+            return;
+        }
+        let hungry: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|a| a.can_take())
+            .map(|a| a.id)
+            .collect();
+        for id in hungry {
+            while self.ready_total > 0 && self.agents[&id].can_take() {
+                let Some((r, i)) = self.pick(id) else { break };
+                self.grant(now, id, r, i);
+            }
+        }
+    }
+
+    /// The best ready task for one free slot of `agent`: runs take turns; within a run, the
+    /// highest-ranked task of any class the agent may run that fits its capacity.
+    pub(super) fn pick(&mut self, agent_id: AgentId) -> Option<(usize, usize)> {
+        let n = self.runs.len();
+        for k in 0..n {
+            let r = (self.next_run_turn + k) % n;
+            if self.runs[r].ready_count == 0
+                || self.runs[r].stopping.is_some()
+                || !serves(&self.by_execution, &self.agents[&agent_id], r)
+            {
+                continue;
+            }
+            if let Some(i) = self.pick_in_run(agent_id, r) {
+                self.next_run_turn = (r + 1) % n;
+                return Some((r, i));
+            }
+        }
+        None
+    }
+
+    pub(super) fn pick_in_run(&mut self, agent_id: AgentId, r: usize) -> Option<usize> {
+        let agent = &self.agents[&agent_id];
+        let run = &self.runs[r];
+        let classes: Vec<Class> = run
+            .ready
+            .classes
+            .iter()
+            .filter(|(class, heap)| {
+                !heap.is_empty() && run.spec.rules.allows(**class, &agent.template)
+            })
+            .map(|(class, _)| *class)
+            .collect();
+        let mut best: Option<(Class, Entry)> = None;
+        for class in classes {
+            if let Some(entry) = self.best_fit(agent_id, r, class)
+                && best.is_none_or(|(_, b)| entry > b)
+            {
+                best = Some((class, entry));
+            }
+        }
+        let (class, entry) = best?;
+        // Remove the chosen entry from its heap (it is at or near the top).
+        let heap = self.runs[r].ready.classes.get_mut(&class)?;
+        let mut held_back = Vec::new();
+        while let Some(top) = heap.pop() {
+            if top == entry {
+                break;
+            }
+            held_back.push(top);
+        }
+        heap.extend(held_back);
+        Some(entry.task)
+    }
+
+    /// The highest-ranked entry of one class that fits the agent now; drops stale entries.
+    pub(super) fn best_fit(&mut self, agent_id: AgentId, r: usize, class: Class) -> Option<Entry> {
+        const LOOK_DEEPER: usize = 32;
+        let agent = &self.agents[&agent_id];
+        let run = &mut self.runs[r];
+        let heap = run.ready.classes.get_mut(&class)?;
+        let mut held_back = Vec::new();
+        let mut found = None;
+        while let Some(top) = heap.pop() {
+            let t = &run.tasks[top.task];
+            if t.phase != Phase::Ready {
+                continue; // stale
+            }
+            held_back.push(top);
+            // A retry prefers an agent it has not failed on, when one has a free slot now.
+            let avoid = t.avoid.contains(&agent_id)
+                && self.agents.values().any(|a| {
+                    a.id != agent_id
+                        && a.can_take()
+                        && !t.avoid.contains(&a.id)
+                        && serves(&self.by_execution, a, r)
+                        && run.spec.rules.allows(t.class, &a.template)
+                });
+            if !avoid && fits(agent, r, t, &run.spec.rules) {
+                found = Some(top);
+                break;
+            }
+            if held_back.len() >= LOOK_DEEPER {
+                break;
+            }
+        }
+        heap.extend(held_back);
+        found
+    }
+
+    pub(super) fn grant(&mut self, now: Duration, agent_id: AgentId, r: usize, i: usize) {
+        let lease_id = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        let token = self.next_token;
+        self.next_token += 1;
+        let agent = self
+            .agents
+            .get_mut(&agent_id)
+            .expect("picked for a known agent");
+        let run = &mut self.runs[r];
+        let t = &mut run.tasks[i];
+        t.phase = Phase::Leased(lease_id);
+        t.attempts += 1;
+        t.agent = agent.name.clone();
+        run.ready_count -= 1;
+        self.ready_total -= 1;
+        run.waiting_reported.remove(&t.class);
+        let group = (r, t.class);
+        agent.leases.push(lease_id);
+        *agent.groups.entry(group).or_insert(0) += 1;
+        if !t.spec.cache {
+            agent.non_cacheable += 1;
+        }
+        self.leases.insert(
+            lease_id,
+            Lease {
+                token,
+                agent: agent_id,
+                run: r,
+                task: i,
+                granted_at: now,
+                started: false,
+                group,
+                cache: t.spec.cache,
+            },
+        );
+        let mut env = run.spec.env.clone();
+        env.extend(t.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let grant = LeaseGrant {
+            lease: lease_id,
+            token,
+            run_id: run.id.clone(),
+            task_id: t.spec.id.clone(),
+            command: t.spec.command.clone(),
+            env,
+            timeout: t.spec.timeout.or(run.spec.default_timeout),
+            attempt: t.attempts,
+        };
+        let event = RunEvent::TaskStarted {
+            task: t.spec.id.clone(),
+            submissions: t.submissions.clone(),
+            agent: agent.name.clone(),
+            template: agent.template.clone(),
+            attempt: t.attempts,
+        };
+        self.actions.push(Action::Lease {
+            agent: agent_id,
+            grant,
+        });
+        self.actions.push(Action::Run {
+            run_id: run.id.clone(),
+            event,
+        });
+    }
+
+    /// Reports, once per class, ready tasks that no connected agent may run.
+    pub(super) fn report_waiting(&mut self) {
+        for r in 0..self.runs.len() {
+            if self.runs[r].ready_count == 0 || !self.runs[r].is_active() {
+                continue;
+            }
+            let classes: Vec<Class> = self.runs[r]
+                .ready
+                .classes
+                .iter()
+                .filter(|(c, h)| !h.is_empty() && !self.runs[r].waiting_reported.contains(c))
+                .map(|(c, _)| *c)
+                .collect();
+            for class in classes {
+                let run = &self.runs[r];
+                let rules = &run.spec.rules;
+                let served = self.agents.values().any(|a| {
+                    a.connected
+                        && !a.draining
+                        && !a.stopped
+                        && serves(&self.by_execution, a, r)
+                        && rules.allows(class, &a.template)
+                });
+                if served {
+                    continue;
+                }
+                let tasks: Vec<String> = run
+                    .ready
+                    .classes
+                    .get(&class)
+                    .map(|h| {
+                        let mut ids: Vec<String> = h
+                            .iter()
+                            .filter(|e| run.tasks[e.task].phase == Phase::Ready)
+                            .map(|e| run.tasks[e.task].spec.id.clone())
+                            .collect();
+                        ids.sort();
+                        ids.dedup();
+                        ids
+                    })
+                    .unwrap_or_default();
+                if tasks.is_empty() {
+                    continue;
+                }
+                let reason = match class {
+                    Some(rule) => {
+                        let types: Vec<String> = rules.rules[rule]
+                            .run_on
+                            .iter()
+                            .map(|o| o.agent.clone())
+                            .collect();
+                        format!(
+                            "waiting for an agent of type {} (assignment rule {} of {}); none is connected",
+                            types.join(" or "),
+                            rule + 1,
+                            rules.path
+                        )
+                    }
+                    None => "waiting for an agent; none is connected".to_string(),
+                };
+                let submissions = {
+                    let mut s: Vec<u64> = tasks
+                        .iter()
+                        .flat_map(|id| run.tasks[run.index[id]].submissions.iter().copied())
+                        .collect();
+                    s.sort_unstable();
+                    s.dedup();
+                    s
+                };
+                let run_id = run.id.clone();
+                self.runs[r].waiting_reported.insert(class);
+                self.actions.push(Action::Run {
+                    run_id,
+                    event: RunEvent::Waiting {
+                        submissions,
+                        tasks,
+                        reason,
+                    },
+                });
+            }
+        }
+    }
+}
+
+/// Whether a ready task fits on the agent now: slots, the rule's (or task's) parallelism, and
+/// one non-cacheable task at a time.
+pub(super) fn fits(agent: &Agent, r: usize, t: &TaskState, rules: &crate::rules::RuleSet) -> bool {
+    if agent.running() >= agent.slots {
+        return false;
+    }
+    if !t.spec.cache && agent.non_cacheable > 0 {
+        return false;
+    }
+    let cap = t
+        .class
+        .and_then(|rule| rules.parallelism(rule, &agent.template))
+        .or(t.spec.parallelism);
+    !cap.is_some_and(|cap| agent.in_group((r, t.class)) >= cap)
+}
+
+/// Runs an agent serves: CI agents the newest run of their execution, others every run.
+pub(super) fn serves(by_execution: &HashMap<String, usize>, agent: &Agent, r: usize) -> bool {
+    match &agent.ci_execution_id {
+        Some(exec) => by_execution.get(exec) == Some(&r),
+        None => true,
+    }
+}
