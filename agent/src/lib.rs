@@ -28,6 +28,8 @@ mod config;
 mod connection;
 mod error;
 mod executor;
+#[cfg(test)]
+mod fake_coordinator;
 mod humanize;
 mod outbox;
 mod session;
