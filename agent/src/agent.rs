@@ -166,7 +166,12 @@ impl Agent {
                 Waited::Done(Ok(Ok(Opened::Stopped(reason)))) => {
                     tracing::info!(reason, "the coordinator answered Hello with Stop");
                     self.stop(reason);
-                    continue;
+                    if let Some(exit) = self.exit_now(false) {
+                        return Ok(exit);
+                    }
+                    // Tasks still run: wait for them (up to the drain timeout) and keep
+                    // trying to hand over their results, without hammering the coordinator.
+                    "the coordinator answered Hello with Stop".to_owned()
                 }
                 Waited::Done(Ok(Err(AttemptError::Fatal(error)))) => return Err(error),
                 Waited::Done(Ok(Err(AttemptError::Transient(reason)))) => reason,

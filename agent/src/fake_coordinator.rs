@@ -32,6 +32,7 @@ impl FakeCoordinator {
         let service = AgentServiceServer::new(Service { streams: tx });
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .tcp_nodelay(true)
                 .add_service(service)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await

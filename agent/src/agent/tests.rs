@@ -409,3 +409,34 @@ async fn stop_in_answer_to_hello_ends_the_agent() {
         }
     );
 }
+
+#[tokio::test]
+async fn stop_in_answer_to_a_reconnect_waits_for_running_tasks() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let (mut agent, _shutdown) = start(config(&coordinator.url));
+    let (mut stream, _) = coordinator.accept_welcome(NO_HEARTBEAT).await;
+    stream.send(lease("l1", 1, "sleep 0.4"));
+    expect_started(&mut stream, "l1", 1).await;
+    drop(stream);
+
+    // Every reconnect is told to stop; the agent backs off instead of hammering, and exits
+    // once its task is done.
+    let mut hellos = 0;
+    let exit = loop {
+        tokio::select! {
+            mut stream = coordinator.accept() => {
+                stream.hello().await;
+                hellos += 1;
+                stream.send(Down::Stop(Stop { reason: "run is over".into() }));
+            }
+            joined = &mut agent => break joined.expect("the agent task panicked"),
+        }
+    };
+    assert_eq!(
+        exit.expect("a clean stop"),
+        AgentExit::Stopped {
+            reason: "run is over".into()
+        }
+    );
+    assert!((1..=4).contains(&hellos), "{hellos} reconnects in 0.4s");
+}
