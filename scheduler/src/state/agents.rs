@@ -86,6 +86,7 @@ impl Scheduler {
         for run in &mut self.runs {
             run.waiting_reported.clear();
         }
+        self.agent_may_take(id);
         self.assign(now);
         Ok(id)
     }

@@ -6,28 +6,107 @@ use std::time::Duration;
 use super::*;
 
 impl Scheduler {
+    /// Holds assignment back until [`resume_assignment`](Self::resume_assignment): events that
+    /// happen at the same instant (several tasks ending at once) are all taken in before any
+    /// free slot chooses. The simulator uses it; so may an owner that drains a burst of messages.
+    pub fn defer_assignment(&mut self) {
+        self.assignment_deferred = true;
+    }
+
+    /// Ends [`defer_assignment`](Self::defer_assignment) and hands out what is ready.
+    pub fn resume_assignment(&mut self, now: Duration) {
+        self.assignment_deferred = false;
+        self.assign(now);
+    }
+
     /// Hands ready tasks to free slots until nothing more fits.
+    ///
+    /// Only agents in the free set are looked at (an agent joins it when it connects or a lease
+    /// of it ends, and leaves it when it is full or cannot take work), so one decision does not
+    /// scan the whole fleet. An idle agent that finds nothing speaks for every idle agent of the
+    /// same launch template and CI execution: they are not asked again in this pass.
     pub(super) fn assign(&mut self, now: Duration) {
-        if self.ready_total == 0 {
+        if self.ready_total == 0 || self.assignment_deferred {
             return;
         }
-        let hungry: Vec<AgentId> = self
-            .agents
-            .values()
-            .filter(|a| a.can_take())
-            .map(|a| a.id)
-            .collect();
-        for id in hungry {
-            while self.ready_total > 0 && self.agents[&id].can_take() {
-                let Some((r, i)) = self.pick(id) else { break };
-                self.grant(now, id, r, i);
+        if self.free_agents_seen != self.agents.len() {
+            // An agent came or went by a path that did not tell the free set: look at all.
+            self.free_agents = self.agents.keys().copied().collect();
+            self.free_agents_seen = self.agents.len();
+        }
+        let candidates: Vec<AgentId> = self.free_agents.iter().copied().collect();
+        // Launch templates with a free slot now, and how many free agents each has.
+        let mut free_templates: Vec<(String, usize)> = Vec::new();
+        for id in &candidates {
+            match self.agents.get(id) {
+                Some(a) if a.can_take() => {
+                    match free_templates.iter_mut().find(|(t, _)| *t == a.template) {
+                        Some((_, n)) => *n += 1,
+                        None => free_templates.push((a.template.clone(), 1)),
+                    }
+                }
+                _ => {
+                    self.free_agents.remove(id);
+                }
             }
         }
+        let mut idle_and_unserved: Vec<(String, Option<String>)> = Vec::new();
+        for id in candidates {
+            let Some(agent) = self.agents.get(&id) else {
+                continue;
+            };
+            if !agent.can_take() {
+                continue;
+            }
+            let idle = agent.running() == 0;
+            let kind = (agent.template.clone(), agent.ci_execution_id.clone());
+            if idle && idle_and_unserved.contains(&kind) {
+                continue;
+            }
+            let mut granted = false;
+            let mut avoided = false;
+            while self.ready_total > 0 && self.agents[&id].can_take() {
+                let Some((r, i)) = self.pick(id, &free_templates, &mut avoided) else {
+                    break;
+                };
+                self.grant(now, id, r, i);
+                granted = true;
+            }
+            if !self.agents[&id].can_take() {
+                self.free_agents.remove(&id);
+                if let Some(entry) = free_templates.iter_mut().find(|(t, _)| *t == kind.0) {
+                    entry.1 -= 1;
+                }
+            } else if idle && !granted && !avoided {
+                idle_and_unserved.push(kind);
+            }
+            if self.ready_total == 0 {
+                break;
+            }
+        }
+        #[cfg(debug_assertions)]
+        for a in self.agents.values() {
+            debug_assert!(
+                !a.can_take() || self.free_agents.contains(&a.id),
+                "agent {} has a free slot but is not in the free set",
+                a.id
+            );
+        }
+    }
+
+    /// Marks an agent as possibly able to take work (it connected, or a lease of it ended).
+    pub(super) fn agent_may_take(&mut self, id: AgentId) {
+        self.free_agents.insert(id);
     }
 
     /// The best ready task for one free slot of `agent`: runs take turns; within a run, the
     /// highest-ranked task of any class the agent may run that fits its capacity.
-    pub(super) fn pick(&mut self, agent_id: AgentId) -> Option<(usize, usize)> {
+    pub(super) fn pick(
+        &mut self,
+        agent_id: AgentId,
+        free_templates: &[(String, usize)],
+        avoided: &mut bool,
+    ) -> Option<(usize, usize)> {
         let n = self.runs.len();
         for k in 0..n {
             let r = (self.next_run_turn + k) % n;
@@ -37,7 +116,7 @@ impl Scheduler {
             {
                 continue;
             }
-            if let Some(i) = self.pick_in_run(agent_id, r) {
+            if let Some(i) = self.pick_in_run(agent_id, r, free_templates, avoided) {
                 self.next_run_turn = (r + 1) % n;
                 return Some((r, i));
             }
@@ -45,29 +124,58 @@ impl Scheduler {
         None
     }
 
-    pub(super) fn pick_in_run(&mut self, agent_id: AgentId, r: usize) -> Option<usize> {
+    /// Within one run: the highest-ranked ready task the agent may run and has room for, except
+    /// that tasks only this agent's launch template may run (among the templates with a free
+    /// slot now) go before tasks that a free agent of another template could take instead.
+    /// That keeps scarce agent types for the work only they can do, without ever leaving a
+    /// slot idle while an eligible task waits.
+    pub(super) fn pick_in_run(
+        &mut self,
+        agent_id: AgentId,
+        r: usize,
+        free_templates: &[(String, usize)],
+        avoided: &mut bool,
+    ) -> Option<usize> {
         let agent = &self.agents[&agent_id];
         let run = &self.runs[r];
-        let classes: Vec<Class> = run
+        let rules = &run.spec.rules;
+        let keys: Vec<(Key, bool)> = run
             .ready
             .classes
             .iter()
-            .filter(|(class, heap)| {
-                !heap.is_empty() && run.spec.rules.allows(**class, &agent.template)
+            .filter(|(key, heap)| {
+                !heap.is_empty()
+                    && rules.allows(key.class, &agent.template)
+                    && run.ready.bin_allows(agent_id, **key)
             })
-            .map(|(class, _)| *class)
+            .map(|(key, _)| {
+                let elsewhere = run.ready.bins.is_some()
+                    || free_templates
+                        .iter()
+                        .any(|(t, n)| *n > 0 && *t != agent.template && rules.allows(key.class, t));
+                (*key, elsewhere)
+            })
             .collect();
-        let mut best: Option<(Class, Entry)> = None;
-        for class in classes {
-            if let Some(entry) = self.best_fit(agent_id, r, class)
-                && best.is_none_or(|(_, b)| entry > b)
-            {
-                best = Some((class, entry));
+        let mut best: Option<(Key, Entry, bool)> = None;
+        for (key, elsewhere) in keys {
+            if let Some(entry) = self.best_fit(agent_id, r, key, avoided) {
+                let better = match best {
+                    None => true,
+                    // Only this template may run it: it goes first.
+                    Some((_, b, b_elsewhere)) => match (elsewhere, b_elsewhere) {
+                        (false, true) => true,
+                        (true, false) => false,
+                        _ => entry > b,
+                    },
+                };
+                if better {
+                    best = Some((key, entry, elsewhere));
+                }
             }
         }
-        let (class, entry) = best?;
+        let (key, entry, _) = best?;
         // Remove the chosen entry from its heap (it is at or near the top).
-        let heap = self.runs[r].ready.classes.get_mut(&class)?;
+        let heap = self.runs[r].ready.classes.get_mut(&key)?;
         let mut held_back = Vec::new();
         while let Some(top) = heap.pop() {
             if top == entry {
@@ -79,12 +187,19 @@ impl Scheduler {
         Some(entry.task)
     }
 
-    /// The highest-ranked entry of one class that fits the agent now; drops stale entries.
-    pub(super) fn best_fit(&mut self, agent_id: AgentId, r: usize, class: Class) -> Option<Entry> {
+    /// The highest-ranked entry of one queue that fits the agent now; drops stale entries.
+    /// Sets `avoided` when a retry passed this agent over for another.
+    pub(super) fn best_fit(
+        &mut self,
+        agent_id: AgentId,
+        r: usize,
+        key: Key,
+        avoided: &mut bool,
+    ) -> Option<Entry> {
         const LOOK_DEEPER: usize = 32;
         let agent = &self.agents[&agent_id];
         let run = &mut self.runs[r];
-        let heap = run.ready.classes.get_mut(&class)?;
+        let heap = run.ready.classes.get_mut(&key)?;
         let mut held_back = Vec::new();
         let mut found = None;
         while let Some(top) = heap.pop() {
@@ -102,6 +217,7 @@ impl Scheduler {
                         && serves(&self.by_execution, a, r)
                         && run.spec.rules.allows(t.class, &a.template)
                 });
+            *avoided |= avoid;
             if !avoid && fits(agent, r, t, &run.spec.rules) {
                 found = Some(top);
                 break;
@@ -185,13 +301,15 @@ impl Scheduler {
             if self.runs[r].ready_count == 0 || !self.runs[r].is_active() {
                 continue;
             }
-            let classes: Vec<Class> = self.runs[r]
+            let mut classes: Vec<Class> = self.runs[r]
                 .ready
                 .classes
                 .iter()
-                .filter(|(c, h)| !h.is_empty() && !self.runs[r].waiting_reported.contains(c))
-                .map(|(c, _)| *c)
+                .filter(|(k, h)| !h.is_empty() && !self.runs[r].waiting_reported.contains(&k.class))
+                .map(|(k, _)| k.class)
                 .collect();
+            classes.sort_unstable();
+            classes.dedup();
             for class in classes {
                 let run = &self.runs[r];
                 let rules = &run.spec.rules;
@@ -205,21 +323,20 @@ impl Scheduler {
                 if served {
                     continue;
                 }
-                let tasks: Vec<String> = run
-                    .ready
-                    .classes
-                    .get(&class)
-                    .map(|h| {
-                        let mut ids: Vec<String> = h
-                            .iter()
-                            .filter(|e| run.tasks[e.task].phase == Phase::Ready)
-                            .map(|e| run.tasks[e.task].spec.id.clone())
-                            .collect();
-                        ids.sort();
-                        ids.dedup();
-                        ids
-                    })
-                    .unwrap_or_default();
+                let tasks: Vec<String> = {
+                    let mut ids: Vec<String> = run
+                        .ready
+                        .classes
+                        .iter()
+                        .filter(|(k, _)| k.class == class)
+                        .flat_map(|(_, h)| h.iter())
+                        .filter(|e| run.tasks[e.task].phase == Phase::Ready)
+                        .map(|e| run.tasks[e.task].spec.id.clone())
+                        .collect();
+                    ids.sort();
+                    ids.dedup();
+                    ids
+                };
                 if tasks.is_empty() {
                     continue;
                 }

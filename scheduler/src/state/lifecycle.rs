@@ -138,6 +138,7 @@ impl Scheduler {
             .leases
             .remove(&lease_id)
             .expect("caller checked the lease");
+        self.agent_may_take(lease.agent);
         if let Some(a) = self.agents.get_mut(&lease.agent) {
             a.leases.retain(|&l| l != lease_id);
             if !lease.cache {

@@ -5,6 +5,7 @@
 mod agent;
 mod agents;
 mod assign;
+mod bins;
 mod lifecycle;
 mod ready;
 mod run;
@@ -14,13 +15,13 @@ mod tests;
 mod types;
 mod views;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 pub use types::*;
 
 use agent::{Agent, Group};
-use ready::{Class, Entry};
+use ready::{Class, Entry, Key};
 use run::{Phase, Run, Submission, TaskState};
 
 use crate::duration::format_duration;
@@ -38,6 +39,10 @@ pub enum Policy {
     Fifo,
     /// A seeded random order.
     Random { seed: u64 },
+    /// A baseline, not for production: agents split statically between targets in
+    /// proportion to their estimated work; a task runs only on its target's agents, first
+    /// ready first.
+    Binning,
 }
 
 /// Timing and retry settings.
@@ -139,6 +144,12 @@ pub struct Scheduler {
     next_run_turn: usize,
     ready_total: usize,
     actions: Vec<Action>,
+    /// Agents that may have a free slot (a superset, cleaned as assignment meets them).
+    free_agents: BTreeSet<AgentId>,
+    /// `agents.len()` when `free_agents` was last complete.
+    free_agents_seen: usize,
+    /// Set by `defer_assignment`: events are taken in, nothing is handed out yet.
+    assignment_deferred: bool,
 }
 
 impl Scheduler {
@@ -159,6 +170,9 @@ impl Scheduler {
             next_run_turn: 0,
             ready_total: 0,
             actions: Vec::new(),
+            free_agents: BTreeSet::new(),
+            free_agents_seen: 0,
+            assignment_deferred: false,
         }
     }
 

@@ -143,6 +143,7 @@ impl Scheduler {
             .copied()
             .filter(|&i| run.tasks[i].phase == Phase::Blocked)
             .collect();
+        self.plan_bins(r);
         for i in base_new {
             let failed_dep = self.runs[r].tasks[i]
                 .spec
@@ -176,7 +177,7 @@ impl Scheduler {
     pub(super) fn ranks(&self, graph: &TaskGraph) -> Vec<u64> {
         let n = graph.tasks.len();
         match self.config.policy {
-            Policy::Fifo => vec![0; n],
+            Policy::Fifo | Policy::Binning => vec![0; n],
             Policy::Random { seed } => (0..n as u64)
                 .map(|i| splitmix64(seed ^ (self.next_seq + i)))
                 .collect(),
