@@ -148,11 +148,11 @@ pub(crate) fn classify(url: &str, status: &Status) -> AttemptError {
         Code::Unimplemented => rejected(format!(
             "{message}; the server does not implement drover.v1.AgentService: is {url} a Drover coordinator's gRPC port?"
         )),
+        // NotFound is not here: it most likely means "no such run yet", which can change.
         Code::InvalidArgument
         | Code::FailedPrecondition
         | Code::PermissionDenied
         | Code::Unauthenticated
-        | Code::NotFound
         | Code::OutOfRange => rejected(message),
         code => AttemptError::Transient(format!("{code:?}: {message}")),
     }
@@ -194,6 +194,10 @@ mod tests {
         ));
         assert!(matches!(
             classify(url, &Status::internal("h2 reset")),
+            AttemptError::Transient(_)
+        ));
+        assert!(matches!(
+            classify(url, &Status::not_found("no run for CI execution 42 yet")),
             AttemptError::Transient(_)
         ));
         let AttemptError::Fatal(err) = classify(url, &Status::unauthenticated("bad token")) else {
