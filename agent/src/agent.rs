@@ -159,7 +159,7 @@ impl Agent {
                                 backoff.reset();
                             }
                             disconnected_since = Instant::now();
-                            reason
+                            format!("lost the connection: {reason}")
                         }
                     }
                 }
@@ -184,7 +184,7 @@ impl Agent {
                 url = self.url,
                 error = failure,
                 running = self.session.running(),
-                "cannot reach the coordinator; retrying in {}",
+                "no connection to the coordinator; retrying in {}",
                 human_duration(delay)
             );
             last_error = failure;
