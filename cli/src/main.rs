@@ -2,6 +2,14 @@
 //! the CI main job and operators.
 #![forbid(unsafe_code)]
 
+/// `println!` that ignores a closed stdout (`drover rules explain | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod ci_env;
 mod client;
 mod commands;

@@ -75,11 +75,13 @@ pub async fn run(args: AgentArgs) -> Result<u8, CliError> {
     };
     let shutdown = Shutdown::from_signals()
         .map_err(|e| CliError::Io(format!("cannot listen for signals: {e}")))?;
-    match drover_agent::run(config, shutdown).await? {
+    let exit = drover_agent::run(config, shutdown).await?;
+    match &exit {
         AgentExit::Stopped { reason } => tracing::info!(%reason, "agent stopped"),
-        other => tracing::info!(exit = ?other, "agent exited"),
+        other => tracing::info!(exit = %other, "agent exited"),
     }
-    Ok(0)
+    // 0 when stopped or drained; non-zero when a second signal killed running tasks.
+    Ok(u8::try_from(exit.exit_code()).unwrap_or(1))
 }
 
 fn default_name() -> String {

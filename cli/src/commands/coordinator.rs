@@ -44,7 +44,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     config.reconnect_grace = args.reconnect_grace.unwrap_or(args.lease_timeout);
     let coordinator = Coordinator::bind(config).await?;
     // Tests and scripts read this line to find the ports.
-    println!(
+    out!(
         "drover coordinator listening grpc={} http={}",
         coordinator.grpc_addr(),
         coordinator.http_addr()

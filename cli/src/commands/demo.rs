@@ -45,7 +45,7 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
     ))
     .await?;
     let url = format!("http://{}", coordinator.grpc_addr());
-    println!(
+    out!(
         "Drover demo: coordinator on {url} (metrics on http://{}/metrics)",
         coordinator.http_addr()
     );
@@ -59,7 +59,7 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
         ("medium-2", "linux-medium", 2),
         ("large-1", "linux-large", 2),
     ];
-    println!(
+    out!(
         "Agents: {}",
         fleet
             .map(|(n, t, s)| format!("{n} ({t}, {s} slots)"))
@@ -108,7 +108,7 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
         .map(drover_coordinator::task_to_proto)
         .collect();
     let total = tasks.len();
-    println!(
+    out!(
         "Run {run_id}: {total} tasks, assignment rules send e2e and production builds to linux-large\n"
     );
     let submitted = client
@@ -145,9 +145,9 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
             .or_default()
             .push(t.task_id.as_str());
     }
-    println!("\nWho ran what:");
+    out!("\nWho ran what:");
     for (agent, tasks) in per_agent {
-        println!("  {agent:9} {}", tasks.join(", "));
+        out!("  {agent:9} {}", tasks.join(", "));
     }
     // The run is complete: CI agents of the run are told to stop and exit.
     for agent in agents {
@@ -159,6 +159,6 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
     }
     let _ = stop_coordinator.send(());
     server.await.map_err(|e| CliError::Io(e.to_string()))??;
-    println!("All agents stopped after the run completed.");
+    out!("All agents stopped after the run completed.");
     Ok(if outcome.success { 0 } else { 1 })
 }

@@ -89,7 +89,7 @@ fn explain(args: ExplainArgs) -> Result<u8, CliError> {
         .collect();
     if args.json {
         let records: Vec<_> = explanations.iter().map(|e| e.record()).collect();
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&records).map_err(|e| CliError::Io(e.to_string()))?
         );
@@ -108,9 +108,11 @@ fn explain(args: ExplainArgs) -> Result<u8, CliError> {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            println!(
+            out!(
                 "{:width$}  -> {agents}\n{:width$}     {}",
-                e.task, "", e.reason
+                e.task,
+                "",
+                e.reason
             );
         }
     }

@@ -124,7 +124,7 @@ pub async fn start(args: StartArgs) -> Result<u8, CliError> {
         },
         response.run_id
     );
-    println!("{}", response.run_id);
+    out!("{}", response.run_id);
     Ok(0)
 }
 
