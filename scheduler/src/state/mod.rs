@@ -8,6 +8,7 @@ mod assign;
 mod bins;
 mod lifecycle;
 mod ready;
+mod restore;
 mod run;
 mod runs;
 #[cfg(test)]
@@ -18,6 +19,7 @@ mod views;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+pub use restore::{AgentRecord, Counters, LeaseRecord, Replay, Restore, Restored, TaskRecord};
 pub use types::*;
 
 use agent::{Agent, Group};
