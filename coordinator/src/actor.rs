@@ -18,6 +18,7 @@ use tonic::Status;
 
 use crate::convert::{event_to_proto, lease_to_proto, summary_to_proto};
 use crate::error::CoordError;
+use crate::persist::Store;
 use crate::runlog::{Filter, RunLog, WATCHER_QUEUE};
 use crate::store::DurationStore;
 
@@ -47,6 +48,8 @@ impl RunRef {
 pub enum Command {
     StartRun {
         spec: RunSpec,
+        /// Kept so the run can be rebuilt after a restart.
+        request: pb::StartRunRequest,
         reply: Reply<(String, bool)>,
     },
     Submit {
@@ -138,6 +141,9 @@ pub struct Actor {
     agents: HashMap<AgentId, AgentConn>,
     rx: mpsc::Receiver<Command>,
     durations: DurationStore,
+    store: Store,
+    /// What the scheduler decided for agents, sent once it is stored.
+    outbox: Vec<Action>,
     next_run: u64,
     tasks_finished: HashMap<&'static str, u64>,
 }
@@ -145,20 +151,50 @@ pub struct Actor {
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Commands handled before one commit at most (group commit).
+const MAX_BATCH: usize = 512;
 impl Actor {
     pub fn new(config: Config, data_dir: PathBuf) -> Result<(Actor, Handle), CoordError> {
         let (tx, rx) = mpsc::channel(1024);
         let mut durations = DurationStore::open(data_dir)?;
+        let (store, loaded) =
+            Store::open(&data_dir, |req| run_spec(req).map_err(|e| e.to_string()))?;
         let mut sched = Scheduler::new(config);
         sched.set_estimates(durations.load());
         let actor = Actor {
+        for problem in &loaded.problems {
+            tracing::warn!(%problem, "store: a record could not be read");
+        }
+        let epoch = Instant::now();
+        let restored = sched.restore(epoch.elapsed(), loaded.restore);
+        for problem in &restored.skipped {
+            tracing::warn!(%problem, "restore: left out");
+        }
+        if restored.runs > 0 {
+            tracing::info!(
+                runs = restored.runs,
+                ended_tasks = restored.tasks_ended,
+                leases = restored.leases,
+                "restored from the store; leases wait for their agents to reconnect"
+            );
+        }
+        let mut logs: HashMap<String, RunLog> = loaded
+            .logs
+            .into_iter()
+            .map(|(run, events)| (run, RunLog::restore(events)))
+            .collect();
+        for run in sched.run_views() {
+            logs.entry(run.id).or_default();
+        }
             sched,
-            epoch: Instant::now(),
-            logs: HashMap::new(),
+            epoch,
+            logs,
             agents: HashMap::new(),
             rx,
             durations,
-            next_run: 1,
+            store,
+            outbox: Vec::new(),
+            next_run: loaded.next_run,
             tasks_finished: HashMap::new(),
         };
         Ok((actor, Handle { tx }))
@@ -176,7 +212,16 @@ impl Actor {
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => {
+                        self.handle(cmd);
+                        self.collect();
+                        // Group commit: what queued up meanwhile goes into the same transaction.
+                        for _ in 0..MAX_BATCH {
+                            let Ok(cmd) = self.rx.try_recv() else { break };
+                            self.handle(cmd);
+                            self.collect();
+                        }
+                    }
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -191,16 +236,70 @@ impl Actor {
         self.durations.save(self.sched.estimates());
     }
 
+                    self.collect();
     fn handle(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::StartRun { spec, reply } => {
+            Command::StartRun {
+                spec,
+                request,
+                reply,
+            } => {
+            self.commit();
                 let id = self.new_run_id();
                 let result = self
+        self.collect();
+        self.commit();
                     .sched
                     .start_run(now, id, spec)
                     .map_err(CoordError::from);
-                if let Ok((id, _)) = &result {
+    /// Takes the scheduler's decisions: run events are numbered into their logs now, messages
+    /// for agents wait in the outbox until the commit.
+    fn collect(&mut self) {
+        let actions = self.sched.take_actions();
+        self.store.note(&actions);
+        for action in actions {
+            match action {
+                Action::Run { run_id, event } => {
+                    if let drover_scheduler::RunEvent::TaskFinished(f) = &event
+                        && !f.retrying
+                    {
+                        *self
+                            .tasks_finished
+                            .entry(status_label(f.status))
+                            .or_default() += 1;
+                    }
+                    let (event, submissions) = event_to_proto(event);
+                    let event = pb::RunEvent {
+                        event: Some(event),
+                        ..Default::default()
+                    };
+                    self.record(run_id, event, submissions);
+                }
+                other => self.outbox.push(other),
+            }
+        }
+    }
+
+    /// Numbers an event into its run's log and notes it for the store.
+    fn record(&mut self, run_id: String, event: pb::RunEvent, submissions: Vec<u64>) {
+        let log = self.logs.entry(run_id.clone()).or_default();
+        let event = log.record(event, submissions.clone());
+        self.store.event(&run_id, event, &submissions);
+    }
+
+    /// Writes what changed in one transaction, before anyone hears of it.
+    fn commit(&mut self) {
+        if !self.store.is_dirty() {
+            return;
+        }
+        let (store, sched) = (&mut self.store, &self.sched);
+        if let Err(e) = blocking(|| store.commit(sched)) {
+            tracing::error!(error = %e, "could not store the latest changes; a restart now would lose them");
+        }
+    }
+
+                if let Ok((id, existing)) = &result {
                     self.logs.entry(id.clone()).or_default();
                 }
                 let _ = reply.send(result);
@@ -211,13 +310,18 @@ impl Actor {
                     let submission = self.sched.submit(now, &id, tasks)?;
                     Ok((id, submission, count))
                 });
+                    if !existing {
+                        self.store.run_started(id, &request, self.next_run);
+                    }
                 let _ = reply.send(result);
             }
             Command::Watch {
                 run,
                 filter,
                 from_seq,
+                    let stored = tasks.clone();
                 reply,
+                    self.store.submitted(&id, submission, &stored);
             } => {
                 let result = self.resolve(&run).map(|id| {
                     let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
@@ -227,9 +331,11 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Command::Complete { run, reply } => {
-                let result = self
-                    .resolve(&run)
-                    .and_then(|id| Ok(self.sched.complete_run(now, &id)?));
+                let result = self.resolve(&run).and_then(|id| {
+                    self.sched.complete_run(now, &id)?;
+                    self.store.completed(&id);
+                    Ok(())
+                });
                 let _ = reply.send(result);
             }
             Command::Hello {
@@ -266,6 +372,9 @@ impl Actor {
                 }
             }
             Command::FromAgent { agent, conn, msg } => {
+                        if let Some(record) = self.sched.agent_record(id) {
+                            self.store.agent(&record);
+                        }
                 if self.agents.get(&agent).is_some_and(|c| c.conn == conn) {
                     self.from_agent(now, agent, msg);
                 }
@@ -358,10 +467,7 @@ impl Actor {
                             })),
                             ..Default::default()
                         };
-                        self.logs
-                            .entry(run_id)
-                            .or_default()
-                            .push(event, submissions);
+                        self.record(run_id, event, submissions);
                     }
                     Err(refused) => self.refuse(agent, lease, &refused.to_string()),
                 }
@@ -418,9 +524,13 @@ impl Actor {
         }
     }
 
-    /// Carries out what the scheduler decided.
+    /// Carries out what the scheduler decided, now that it is stored: messages to agents, and
+    /// the new events of every run log to its watchers.
     fn carry_out(&mut self) {
-        for action in self.sched.take_actions() {
+        for log in self.logs.values_mut() {
+            log.publish();
+        }
+        for action in std::mem::take(&mut self.outbox) {
             match action {
                 Action::Lease { agent, grant } => {
                     self.send_to(agent, Out::Lease(lease_to_proto(grant)))
@@ -440,25 +550,7 @@ impl Actor {
                     tracing::info!(%agent, %reason, "stopping agent");
                     self.send_to(agent, Out::Stop(pb::Stop { reason }));
                 }
-                Action::Run { run_id, event } => {
-                    if let drover_scheduler::RunEvent::TaskFinished(f) = &event
-                        && !f.retrying
-                    {
-                        *self
-                            .tasks_finished
-                            .entry(status_label(f.status))
-                            .or_default() += 1;
-                    }
-                    let (event, submissions) = event_to_proto(event);
-                    let event = pb::RunEvent {
-                        event: Some(event),
-                        ..Default::default()
-                    };
-                    self.logs
-                        .entry(run_id)
-                        .or_default()
-                        .push(event, submissions);
-                }
+                Action::Run { .. } => {} // recorded by `collect`
             }
         }
     }
@@ -546,6 +638,16 @@ fn status_label(s: drover_scheduler::TaskStatus) -> &'static str {
 fn run_info(v: &drover_scheduler::state::RunView) -> pb::RunInfo {
     pb::RunInfo {
         run_id: v.id.clone(),
+/// Runs a blocking write (a disk flush) without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
         ci_execution_id: v.ci_execution_id.clone(),
         state: v.state.to_string(),
         total: v.progress.total as u32,

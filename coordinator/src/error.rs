@@ -23,6 +23,8 @@ pub enum CoordError {
         path: String,
         source: std::io::Error,
     },
+    #[error("store {path}: {message}")]
+    Store { path: String, message: String },
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -39,9 +41,10 @@ impl From<CoordError> for tonic::Status {
                 tonic::Status::invalid_argument(msg)
             }
             CoordError::ShuttingDown => tonic::Status::unavailable(msg),
-            CoordError::Bind { .. } | CoordError::DataDir { .. } | CoordError::Transport(_) => {
-                tonic::Status::internal(msg)
-            }
+            CoordError::Bind { .. }
+            | CoordError::DataDir { .. }
+            | CoordError::Store { .. }
+            | CoordError::Transport(_) => tonic::Status::internal(msg),
         }
     }
 }

@@ -8,6 +8,7 @@ mod convert;
 mod error;
 mod http;
 mod runlog;
+mod persist;
 mod service;
 mod store;
 

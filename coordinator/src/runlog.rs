@@ -51,6 +51,9 @@ pub const WATCHER_QUEUE: usize = 4096;
 pub struct RunLog {
     entries: Vec<Entry>,
     watchers: Vec<Watcher>,
+    /// Entries before this index have been sent to watchers. Later ones wait until they are
+    /// stored, so that a sequence number a watcher saw survives a coordinator restart.
+    published: usize,
 }
 
 impl RunLog {
@@ -58,14 +61,45 @@ impl RunLog {
         self.entries.len() as u64 + 1
     }
 
+    /// A log of events recorded before a restart; all of them count as sent.
+    pub fn restore(events: Vec<(pb::RunEvent, Vec<u64>)>) -> RunLog {
+        let entries: Vec<Entry> = events
+            .into_iter()
+            .map(|(event, submissions)| Entry { event, submissions })
+            .collect();
+        RunLog {
+            published: entries.len(),
+            entries,
+            watchers: Vec::new(),
+        }
+    }
+
     /// Records an event and sends it to the watchers that want it.
-    pub fn push(&mut self, mut event: pb::RunEvent, submissions: Vec<u64>) {
+    #[cfg(test)]
+    pub fn push(&mut self, event: pb::RunEvent, submissions: Vec<u64>) {
+        self.record(event, submissions);
+        self.publish();
+    }
+
+    /// Numbers and records an event; watchers get it at the next [`publish`](Self::publish).
+    pub fn record(&mut self, mut event: pb::RunEvent, submissions: Vec<u64>) -> &pb::RunEvent {
         event.seq = self.next_seq();
         if event.submission_id == 0 {
             event.submission_id = submissions.first().copied().unwrap_or(0);
         }
         self.entries.push(Entry { event, submissions });
-        let index = self.entries.len() - 1;
+        &self.entries[self.entries.len() - 1].event
+    }
+
+    /// Sends every recorded event not sent yet to the watchers that want it.
+    pub fn publish(&mut self) {
+        while self.published < self.entries.len() {
+            self.published += 1;
+            self.fan_out(self.published - 1);
+        }
+    }
+
+    fn fan_out(&mut self, index: usize) {
         let entries = &self.entries;
         self.watchers.retain(|w| {
             let entry = &entries[index];
@@ -90,7 +124,7 @@ impl RunLog {
         tx: mpsc::Sender<Result<pb::RunEvent, tonic::Status>>,
     ) -> bool {
         let start = from_seq.saturating_sub(1) as usize;
-        for index in start..self.entries.len() {
+        for index in start..self.published {
             let entry = &self.entries[index];
             if !filter.wants(entry) {
                 continue;
@@ -242,6 +276,34 @@ mod tests {
             drain(&mut rx).iter().map(|e| e.seq).collect::<Vec<_>>(),
             [2, 3]
         );
+    }
+
+    #[test]
+    fn recorded_events_reach_watchers_only_when_published() {
+        let mut log = RunLog::default();
+        log.push(finished("a", pb::TaskStatus::Succeeded), vec![1]);
+        let all = Filter {
+            submission: None,
+            all_output: true,
+        };
+        let (tx, mut early) = mpsc::channel(16);
+        assert!(log.watch(all, 1, tx));
+        log.record(output("b", "x"), vec![1]);
+        let (tx, mut late) = mpsc::channel(16);
+        assert!(log.watch(all, 1, tx));
+        let seqs = |rx: &mut mpsc::Receiver<_>| drain(rx).iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&mut early), [1]);
+        assert_eq!(seqs(&mut late), [1], "not stored yet, so not sent");
+        log.publish();
+        assert_eq!(seqs(&mut early), [2]);
+        assert_eq!(seqs(&mut late), [2]);
+        let restored = RunLog::restore(
+            log.entries
+                .iter()
+                .map(|e| (e.event.clone(), e.submissions.clone()))
+                .collect(),
+        );
+        assert_eq!(restored.next_seq(), 3);
     }
 
     #[test]

@@ -28,10 +28,15 @@ impl RunService for RunSvc {
         &self,
         request: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
-        let spec = run_spec(request.into_inner())?;
+        let request = request.into_inner();
+        let spec = run_spec(request.clone())?;
         let (run_id, existing) = self
             .actor
-            .ask(|reply| Command::StartRun { spec, reply })
+            .ask(|reply| Command::StartRun {
+                spec,
+                request,
+                reply,
+            })
             .await?;
         Ok(Response::new(pb::StartRunResponse { run_id, existing }))
     }

@@ -1,0 +1,428 @@
+//! Runs, graphs, task results, leases and run logs, kept in one crash-safe file under
+//! `--data-dir` (redb), so a coordinator that is killed and started again carries on.
+//!
+//! Group commit: while the actor handles a batch of commands it notes here what changed; then
+//! [`Store::commit`] writes all of it in one transaction, flushed to disk once, before anyone
+//! (an agent, a watcher) hears of it. A crash loses at most what nobody was told.
+//!
+//! What is stored, and how a restart uses it:
+//! - `runs`, `run_requests`: each run's `StartRunRequest` as the main job sent it (rules
+//!   included) and when it was completed;
+//! - `submissions`: every graph submitted to a run;
+//! - `tasks`: each task's latest [`TaskRecord`] (status, attempts, failures, its lease);
+//! - `agents`: who each agent is, to recognise it when it reconnects and reports its leases;
+//! - `events`: every run event with its sequence number, output included, so `drover exec`
+//!   resumes its watch from the last number it saw;
+//! - `meta`: the next ids (run, agent, lease, fencing token) and the write counter that orders
+//!   everything above for the replay.
+
+mod rows;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use drover_proto::v1 as pb;
+use drover_scheduler::TaskSpec;
+use drover_scheduler::state::{
+    Action, AgentRecord, Counters, Replay, Restore, RunEvent, Scheduler,
+};
+use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::error::CoordError;
+use rows::{RunRow, StoredEvent, SubmissionRow, TaskRow};
+
+/// The database file under the data dir.
+pub const FILE: &str = "drover.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+const RUN_REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("run_requests");
+const SUBMISSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("submissions");
+const TASKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("tasks");
+const AGENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("agents");
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+
+const SCHEMA: u64 = 1;
+
+/// What the store held when it was opened.
+#[derive(Default)]
+pub struct Loaded {
+    pub restore: Restore,
+    /// Each run's events in sequence order, with the submissions they belong to.
+    pub logs: HashMap<String, Vec<(pb::RunEvent, Vec<u64>)>>,
+    pub next_run: u64,
+    /// Records that could not be read; the restart goes on without them.
+    pub problems: Vec<String>,
+}
+
+/// What changed since the last commit.
+#[derive(Default)]
+struct Batch {
+    meta: BTreeMap<&'static str, u64>,
+    runs: Vec<String>,
+    requests: Vec<(String, Vec<u8>)>,
+    submissions: Vec<(String, u64, Vec<u8>)>,
+    /// Tasks to write, with the write counter of their last change.
+    tasks: BTreeMap<(String, String), u64>,
+    agents: Vec<(u64, Vec<u8>)>,
+    events: Vec<(String, u64, Vec<u8>)>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+            && self.runs.is_empty()
+            && self.submissions.is_empty()
+            && self.tasks.is_empty()
+            && self.agents.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    /// The write counter: orders runs, submissions and task records for the replay.
+    version: u64,
+    runs: HashMap<String, RunRow>,
+    counters: Counters,
+    batch: Batch,
+}
+
+fn store_error(path: &Path, e: impl std::fmt::Display) -> CoordError {
+    CoordError::Store {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store under `data_dir` and reads everything in it.
+    pub fn open(
+        data_dir: &Path,
+        run_spec: impl Fn(pb::StartRunRequest) -> Result<drover_scheduler::state::RunSpec, String>,
+    ) -> Result<(Store, Loaded), CoordError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| CoordError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let path = data_dir.join(FILE);
+        let db = Database::create(&path).map_err(|e| store_error(&path, e))?;
+        let mut store = Store {
+            db,
+            path,
+            version: 0,
+            runs: HashMap::new(),
+            counters: Counters::default(),
+            batch: Batch::default(),
+        };
+        let loaded = store
+            .load(run_spec)
+            .map_err(|e| store_error(&store.path, e))?;
+        Ok((store, loaded))
+    }
+
+    fn load(
+        &mut self,
+        run_spec: impl Fn(pb::StartRunRequest) -> Result<drover_scheduler::state::RunSpec, String>,
+    ) -> Result<Loaded, redb::Error> {
+        // Create the tables on first use, so that reading finds them.
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            if meta.get("schema")?.is_none() {
+                meta.insert("schema", SCHEMA)?;
+            }
+            txn.open_table(RUNS)?;
+            txn.open_table(RUN_REQUESTS)?;
+            txn.open_table(SUBMISSIONS)?;
+            txn.open_table(TASKS)?;
+            txn.open_table(AGENTS)?;
+            txn.open_table(EVENTS)?;
+        }
+        txn.commit()?;
+
+        let mut loaded = Loaded::default();
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |key: &str| -> Result<u64, redb::Error> {
+            Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
+        };
+        self.version = get("version")?;
+        loaded.next_run = get("next_run")?.max(1);
+        self.counters = Counters {
+            next_agent: get("next_agent")?,
+            next_lease: get("next_lease")?,
+            next_token: get("next_token")?,
+        };
+        loaded.restore.counters = self.counters;
+
+        let mut steps: Vec<(u64, Replay)> = Vec::new();
+        let requests = txn.open_table(RUN_REQUESTS)?;
+        for entry in txn.open_table(RUNS)?.iter()? {
+            let (id, row) = entry?;
+            let id = id.value().to_string();
+            let Some(row) = decode::<RunRow>(&mut loaded.problems, &id, row.value()) else {
+                continue;
+            };
+            let spec = match requests.get(id.as_str())? {
+                None => Err("its request is missing".to_string()),
+                Some(bytes) => pb::StartRunRequest::decode(bytes.value())
+                    .map_err(|e| e.to_string())
+                    .and_then(&run_spec),
+            };
+            match spec {
+                Ok(spec) => {
+                    steps.push((
+                        row.version,
+                        Replay::StartRun {
+                            run_id: id.clone(),
+                            spec,
+                        },
+                    ));
+                    if let Some(v) = row.completed {
+                        steps.push((v, Replay::Complete { run_id: id.clone() }));
+                    }
+                    self.runs.insert(id, row);
+                }
+                Err(e) => loaded.problems.push(format!("run {id}: {e}")),
+            }
+        }
+        for entry in txn.open_table(SUBMISSIONS)?.iter()? {
+            let (key, row) = entry?;
+            let (run_id, n) = key.value();
+            let what = format!("submission {n} of run {run_id}");
+            if let Some(row) = decode::<SubmissionRow>(&mut loaded.problems, &what, row.value()) {
+                steps.push((
+                    row.version,
+                    Replay::Submit {
+                        run_id: run_id.to_string(),
+                        tasks: row.tasks,
+                    },
+                ));
+            }
+        }
+        for entry in txn.open_table(TASKS)?.iter()? {
+            let (key, row) = entry?;
+            let (run_id, task_id) = key.value();
+            let what = format!("task {task_id} of run {run_id}");
+            if let Some(row) = decode::<TaskRow>(&mut loaded.problems, &what, row.value()) {
+                steps.push((
+                    row.version,
+                    Replay::Task {
+                        run_id: run_id.to_string(),
+                        task_id: task_id.to_string(),
+                        record: row.record,
+                    },
+                ));
+            }
+        }
+        steps.sort_by_key(|(v, _)| *v);
+        loaded.restore.steps = steps.into_iter().map(|(_, s)| s).collect();
+
+        for entry in txn.open_table(AGENTS)?.iter()? {
+            let (id, row) = entry?;
+            let what = format!("agent-{}", id.value());
+            if let Some(a) = decode::<AgentRecord>(&mut loaded.problems, &what, row.value()) {
+                loaded.restore.agents.push(a);
+            }
+        }
+
+        for entry in txn.open_table(EVENTS)?.iter()? {
+            let (key, bytes) = entry?;
+            let (run_id, seq) = key.value();
+            let log = loaded.logs.entry(run_id.to_string()).or_default();
+            // Sequence numbers are dense; a gap would renumber what follows, so stop there.
+            if seq != log.len() as u64 + 1 {
+                if seq > log.len() as u64 + 1 {
+                    loaded.problems.push(format!(
+                        "run {run_id}: events from {seq} on are out of order"
+                    ));
+                }
+                continue;
+            }
+            match StoredEvent::decode(bytes.value()) {
+                Ok(e) => log.push((e.event.unwrap_or_default(), e.submissions)),
+                Err(e) => loaded
+                    .problems
+                    .push(format!("run {run_id}: event {seq}: {e}")),
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.version += 1;
+        self.batch.meta.insert("version", self.version);
+        self.version
+    }
+
+    pub fn run_started(&mut self, run_id: &str, request: &pb::StartRunRequest, next_run: u64) {
+        let version = self.next_version();
+        self.runs.insert(
+            run_id.to_string(),
+            RunRow {
+                version,
+                completed: None,
+            },
+        );
+        self.batch.runs.push(run_id.to_string());
+        self.batch
+            .requests
+            .push((run_id.to_string(), request.encode_to_vec()));
+        self.batch.meta.insert("next_run", next_run);
+    }
+
+    pub fn submitted(&mut self, run_id: &str, submission: u64, tasks: &[TaskSpec]) {
+        let version = self.next_version();
+        let row = SubmissionRow {
+            version,
+            tasks: tasks.to_vec(),
+        };
+        match serde_json::to_vec(&row) {
+            Ok(bytes) => self
+                .batch
+                .submissions
+                .push((run_id.to_string(), submission, bytes)),
+            Err(e) => tracing::error!(run = run_id, error = %e, "cannot encode a submission"),
+        }
+    }
+
+    pub fn completed(&mut self, run_id: &str) {
+        let version = self.next_version();
+        if let Some(row) = self.runs.get_mut(run_id)
+            && row.completed.is_none()
+        {
+            row.completed = Some(version);
+            self.batch.runs.push(run_id.to_string());
+        }
+    }
+
+    pub fn agent(&mut self, record: &AgentRecord) {
+        match serde_json::to_vec(record) {
+            Ok(bytes) => self.batch.agents.push((record.id.0, bytes)),
+            Err(e) => tracing::error!(agent = %record.id, error = %e, "cannot encode an agent"),
+        }
+    }
+
+    /// Notes the tasks the scheduler's actions changed; their records are written at commit.
+    pub fn note(&mut self, actions: &[Action]) {
+        for action in actions {
+            let (run_id, task) = match action {
+                Action::Lease { grant, .. } => (&grant.run_id, &grant.task_id),
+                Action::Run { run_id, event } => match event {
+                    RunEvent::TaskStarted { task, .. } | RunEvent::TaskRequeued { task, .. } => {
+                        (run_id, task)
+                    }
+                    RunEvent::TaskFinished(f) => (run_id, &f.task),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let version = self.next_version();
+            self.batch
+                .tasks
+                .insert((run_id.clone(), task.clone()), version);
+        }
+    }
+
+    /// An event recorded in a run's log (numbered already).
+    pub fn event(&mut self, run_id: &str, event: &pb::RunEvent, submissions: &[u64]) {
+        let stored = StoredEvent {
+            event: Some(event.clone()),
+            submissions: submissions.to_vec(),
+        };
+        self.batch
+            .events
+            .push((run_id.to_string(), event.seq, stored.encode_to_vec()));
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
+    /// Writes everything noted since the last commit in one durable transaction.
+    pub fn commit(&mut self, sched: &Scheduler) -> Result<(), CoordError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let counters = sched.counters();
+        if counters != self.counters {
+            self.counters = counters;
+            self.batch.meta.insert("next_agent", counters.next_agent);
+            self.batch.meta.insert("next_lease", counters.next_lease);
+            self.batch.meta.insert("next_token", counters.next_token);
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.write(sched, batch)
+            .map_err(|e| store_error(&self.path, e))
+    }
+
+    fn write(&self, sched: &Scheduler, batch: Batch) -> Result<(), redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            for (k, v) in &batch.meta {
+                meta.insert(*k, *v)?;
+            }
+            let mut runs = txn.open_table(RUNS)?;
+            for id in &batch.runs {
+                if let Some(row) = self.runs.get(id) {
+                    runs.insert(id.as_str(), json(row).as_slice())?;
+                }
+            }
+            let mut requests = txn.open_table(RUN_REQUESTS)?;
+            for (id, bytes) in &batch.requests {
+                requests.insert(id.as_str(), bytes.as_slice())?;
+            }
+            let mut submissions = txn.open_table(SUBMISSIONS)?;
+            for (id, n, bytes) in &batch.submissions {
+                submissions.insert((id.as_str(), *n), bytes.as_slice())?;
+            }
+            let mut tasks = txn.open_table(TASKS)?;
+            for ((run_id, task_id), version) in &batch.tasks {
+                if let Some(record) = sched.task_record(run_id, task_id) {
+                    let row = TaskRow {
+                        version: *version,
+                        record,
+                    };
+                    tasks.insert((run_id.as_str(), task_id.as_str()), json(&row).as_slice())?;
+                }
+            }
+            let mut agents = txn.open_table(AGENTS)?;
+            for (id, bytes) in &batch.agents {
+                agents.insert(*id, bytes.as_slice())?;
+            }
+            let mut events = txn.open_table(EVENTS)?;
+            for (id, seq, bytes) in &batch.events {
+                events.insert((id.as_str(), *seq), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Rows are plain structs of strings and numbers: encoding them cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    problems: &mut Vec<String>,
+    what: &str,
+    bytes: &[u8],
+) -> Option<T> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            problems.push(format!("{what}: {e}"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
