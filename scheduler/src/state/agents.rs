@@ -154,8 +154,18 @@ impl Scheduler {
             return;
         };
         a.last_seen = now;
+        // Declared silent (its leases were taken back) while its stream stayed open: a stalled
+        // network healed. It is alive and may take work again.
+        let revived = !a.connected && a.disconnected_at.is_some();
+        if revived {
+            a.connected = true;
+            a.disconnected_at = None;
+        }
         let ours = a.leases.clone();
         let name = a.name.clone();
+        if revived {
+            self.agent_may_take(agent);
+        }
         for h in held {
             let valid = self
                 .leases

@@ -921,3 +921,72 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_stalled_agent_loses_its_lease_and_takes_work_again_when_its_heartbeats_come_back() {
+    let mut h = Harness::with(Config {
+        lease_timeout: ms(2000),
+        reconnect_grace: ms(2000),
+        ..Config::default()
+    });
+    let run = h.simple_run("ci-1");
+    let a1 = h.agent("a1", "linux", 1, None);
+    h.submit(&run, vec![t("x:build", &[])]);
+    let first = h.take_leases();
+    let a2 = h.agent("a2", "linux", 1, None);
+    // a1's network stalls: nothing from it for longer than the lease timeout.
+    for _ in 0..21 {
+        h.now += ms(100);
+        h.s.heartbeat(h.now, a2, &[]);
+        h.s.tick(h.now);
+        h.drain();
+    }
+    let second = h.take_leases();
+    assert_eq!(second.len(), 1, "requeued after the lease timeout");
+    assert_eq!(second[0].0, a2);
+    assert!(
+        h.cancels.contains(&(a1, first[0].1.lease)),
+        "a1 is told to kill the task"
+    );
+    // The stall heals within the grace period: a1's queued heartbeat and late result arrive.
+    h.s.heartbeat(
+        h.now,
+        a1,
+        &[Held {
+            lease: first[0].1.lease,
+            token: first[0].1.token,
+        }],
+    );
+    h.drain();
+    assert_eq!(
+        h.finish(&first[0], 0),
+        Err(Refused::UnknownLease(first[0].1.lease)),
+        "the late result is refused"
+    );
+    let a1_view = h.s.agent_views().into_iter().find(|a| a.id == a1).unwrap();
+    assert!(a1_view.connected, "its heartbeat shows it is alive");
+    // It keeps its identity and takes new work.
+    h.submit(&run, vec![t("y:build", &[])]);
+    let third = h.take_leases();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].0, a1);
+    for _ in 0..50 {
+        h.now += ms(100);
+        let held = |l: &(AgentId, LeaseGrant)| Held {
+            lease: l.1.lease,
+            token: l.1.token,
+        };
+        h.s.heartbeat(h.now, a1, &[held(&third[0])]);
+        h.s.heartbeat(h.now, a2, &[held(&second[0])]);
+        h.s.tick(h.now);
+        h.drain();
+    }
+    assert!(
+        h.take_leases().is_empty() && h.cancels.iter().all(|c| *c == (a1, first[0].1.lease)),
+        "a1 is neither declared silent again nor forgotten while it heartbeats: {:?}",
+        h.cancels
+    );
+    h.finish(&third[0], 0).unwrap();
+    h.finish(&second[0], 0).unwrap();
+    assert_eq!(h.finished("x:build").len(), 1, "finished exactly once");
+}
