@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{agent, coordinator, demo, exec, rules, run};
+use commands::{agent, cache, coordinator, demo, exec, nx, rules, run};
 use error::CliError;
 
 #[derive(Parser, Debug)]
@@ -46,6 +46,12 @@ enum Command {
     StartCiRun(run::StartArgs),
     /// Main job: submit a task graph to the run and follow it to the end.
     Exec(exec::ExecArgs),
+    /// Main job: run an Nx command on the agents, then replay it here from the remote cache,
+    /// e.g. `drover nx -- affected -t lint,test,build --parallel=2`.
+    Nx(nx::NxArgs),
+    /// The coordinator's remote cache: `stats`, `prune`.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Main job: the run has no more work; its CI agents exit when the last task ends.
     #[command(alias = "stop-all-agents")]
     CompleteCiRun(run::RunRefArgs),
@@ -93,6 +99,8 @@ async fn dispatch(command: Command) -> Result<u8, CliError> {
         Command::Agent(args) => agent::run(args).await,
         Command::StartCiRun(args) => run::start(args).await,
         Command::Exec(args) => exec::run(args).await,
+        Command::Nx(args) => nx::run(args).await,
+        Command::Cache(cmd) => cache::run(cmd).await,
         Command::CompleteCiRun(args) => run::complete(args).await,
         Command::Rules(cmd) => rules::run(cmd),
         Command::Demo(args) => demo::run(args).await,

@@ -146,6 +146,7 @@ pub struct Actor {
     outbox: Vec<Action>,
     next_run: u64,
     tasks_finished: HashMap<&'static str, u64>,
+    lease_env: Vec<(String, String)>,
 }
 
 /// How often deadlines are checked.
@@ -196,8 +197,16 @@ impl Actor {
             outbox: Vec::new(),
             next_run: loaded.next_run,
             tasks_finished: HashMap::new(),
+            lease_env: Vec::new(),
         };
         Ok((actor, Handle { tx }))
+    }
+
+    /// Variables every lease carries, over the run's and the task's (the remote cache's URL
+    /// and token).
+    pub fn with_lease_env(mut self, env: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.lease_env = env.into_iter().collect();
+        self
     }
 
     fn now(&self) -> Duration {
@@ -533,7 +542,9 @@ impl Actor {
         for action in std::mem::take(&mut self.outbox) {
             match action {
                 Action::Lease { agent, grant } => {
-                    self.send_to(agent, Out::Lease(lease_to_proto(grant)))
+                    let mut lease = lease_to_proto(grant);
+                    lease.env.extend(self.lease_env.iter().cloned());
+                    self.send_to(agent, Out::Lease(lease))
                 }
                 Action::Cancel {
                     agent,

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cache::CacheConfig;
+
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
     /// gRPC address (port 0 picks a free port).
@@ -16,6 +18,8 @@ pub struct CoordinatorConfig {
     pub lease_timeout: Duration,
     /// How long a disconnected agent may take to come back before its leases are revoked.
     pub reconnect_grace: Duration,
+    /// Nx's remote cache on the HTTP port: storage, tokens, limits, eviction.
+    pub cache: CacheConfig,
 }
 
 impl CoordinatorConfig {
@@ -27,6 +31,7 @@ impl CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(1),
             lease_timeout: Duration::from_secs(10),
             reconnect_grace: Duration::from_secs(10),
+            cache: CacheConfig::default(),
         }
     }
 }

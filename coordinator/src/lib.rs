@@ -3,12 +3,13 @@
 #![forbid(unsafe_code)]
 
 mod actor;
+pub mod cache;
 mod config;
 mod convert;
 mod error;
 mod http;
-mod runlog;
 mod persist;
+mod runlog;
 mod service;
 mod store;
 
@@ -39,6 +40,7 @@ pub struct Coordinator {
     http: TcpListener,
     actor: Actor,
     handle: Handle,
+    cache: Option<cache::Cache>,
 }
 
 impl Coordinator {
@@ -62,12 +64,22 @@ impl Coordinator {
             reconnect_grace: config.reconnect_grace,
             ..Config::default()
         };
+        let cache = match config.cache.enabled() {
+            true => Some(cache::Cache::open(&config.cache, &config.data_dir).await?),
+            false => None,
+        };
+        let http_addr = http.local_addr().map_err(|source| CoordError::Bind {
+            addr: config.http_listen.to_string(),
+            source,
+        })?;
         let (actor, handle) = Actor::new(sched_config, config.data_dir)?;
+        let actor = actor.with_lease_env(cache::lease_env(&config.cache, http_addr));
         Ok(Coordinator {
             grpc,
             http,
             actor,
             handle,
+            cache,
         })
     }
 
@@ -134,8 +146,15 @@ impl Coordinator {
                 TcpListenerStream::new(self.grpc),
                 stopped(stop_rx.clone()),
             );
-        let http = axum::serve(self.http, http::router(self.handle.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let routes = http::router(self.handle.clone()).merge(cache::router(self.cache.clone()));
+        let http = axum::serve(self.http, routes).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let eviction_stop = stopped(stop_rx.clone());
+        let eviction = async move {
+            match self.cache {
+                Some(cache) => cache.evict_periodically(eviction_stop).await,
+                None => eviction_stop.await,
+            }
+        };
         // The actor stops first: that ends every agent and watch stream, so the servers'
         // graceful shutdown does not wait on them.
         let actor = self.actor.run(stopped(stop_rx));
@@ -144,7 +163,7 @@ impl Coordinator {
             shutdown.await;
             let _ = stop_tx.send(true);
         };
-        let (_, _, grpc, http) = tokio::join!(trigger, actor, grpc, http);
+        let (_, _, grpc, http, ()) = tokio::join!(trigger, actor, grpc, http, eviction);
         grpc?;
         http.map_err(|source| CoordError::Bind {
             addr: "http".into(),

@@ -1,9 +1,11 @@
 //! One file per command.
 
 pub mod agent;
+pub mod cache;
 pub mod coordinator;
 pub mod demo;
 pub mod exec;
+pub mod nx;
 pub mod rules;
 pub mod run;
 

@@ -85,6 +85,10 @@ pub async fn start(args: StartArgs) -> Result<u8, CliError> {
             ),
         }
     }
+    // Nx's own variables go along too (less those that would break agents, see `nx.rs`).
+    for (name, value) in super::nx::forwarded_nx_env() {
+        env.entry(name).or_insert(value);
+    }
     let request = pb::StartRunRequest {
         ci_execution_id: ci_execution_id.clone(),
         execution_env: ci_env::execution_env_from_env(),

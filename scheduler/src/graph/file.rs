@@ -14,6 +14,10 @@ use crate::task::{TaskSpec, split_task_id};
 /// The command an agent runs for a task of an Nx graph.
 pub const NX_RUN_COMMAND: &str = "npx nx run {id} --excludeTaskDependencies";
 
+/// The command for a task that needs continuous tasks (`serve` for an `e2e`): Nx starts them
+/// next to it on the same agent, and stops them after.
+pub const NX_RUN_WITH_CONTINUOUS_COMMAND: &str = "npx nx run {id}";
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NativeFile {
@@ -182,6 +186,12 @@ fn is_nx_graph(value: &serde_json::Value) -> bool {
 
 /// Converts Nx's task graph (`tasks.tasks` and `tasks.dependencies`) into task specs whose
 /// command runs the one task through Nx on the agent.
+///
+/// What Nx 21 and 22 print beside that: `cache: false` makes a task non-cacheable,
+/// `parallelism: false` (a task that must not share its machine) becomes a per-agent
+/// parallelism of 1, and continuous tasks (`continuous: true`, e.g. `serve`) never end, so
+/// they are not distributed: a task that needs them (`continuousDependencies`) runs without
+/// `--excludeTaskDependencies`, and Nx starts them beside it on its agent.
 fn nx_tasks(path: &str, value: &serde_json::Value) -> Result<Vec<TaskSpec>, GraphError> {
     let bad = |message: String| GraphError::File {
         path: path.to_string(),
@@ -192,8 +202,19 @@ fn nx_tasks(path: &str, value: &serde_json::Value) -> Result<Vec<TaskSpec>, Grap
         .as_object()
         .ok_or_else(|| bad("`tasks.tasks` is not an object".into()))?;
     let deps = graph.get("dependencies").and_then(|d| d.as_object());
+    let continuous_deps = graph
+        .get("continuousDependencies")
+        .and_then(|d| d.as_object());
+    let is_continuous = |task: &serde_json::Value| {
+        task.get("continuous")
+            .and_then(|c| c.as_bool())
+            .unwrap_or(false)
+    };
     let mut out = Vec::with_capacity(tasks.len());
     for (id, task) in tasks {
+        if is_continuous(task) {
+            continue;
+        }
         let target = &task["target"];
         let field = |name: &str| {
             target
@@ -218,6 +239,20 @@ fn nx_tasks(path: &str, value: &serde_json::Value) -> Result<Vec<TaskSpec>, Grap
             }
             None => Vec::new(),
         };
+        // Continuous tasks are not distributed, so they are nobody's dependency here.
+        let depends_on: Vec<String> = depends_on
+            .into_iter()
+            .filter(|d| !tasks.get(d).is_some_and(is_continuous))
+            .collect();
+        let needs_continuous = continuous_deps
+            .and_then(|d| d.get(id))
+            .and_then(|d| d.as_array())
+            .is_some_and(|d| !d.is_empty());
+        let command = if needs_continuous {
+            NX_RUN_WITH_CONTINUOUS_COMMAND
+        } else {
+            NX_RUN_COMMAND
+        };
         let outputs = task
             .get("outputs")
             .and_then(|o| o.as_array())
@@ -229,9 +264,13 @@ fn nx_tasks(path: &str, value: &serde_json::Value) -> Result<Vec<TaskSpec>, Grap
             .unwrap_or_default();
         out.push(TaskSpec {
             id: id.clone(),
-            command: NX_RUN_COMMAND.replace("{id}", id),
+            command: command.replace("{id}", id),
             depends_on,
             cache: task.get("cache").and_then(|c| c.as_bool()).unwrap_or(true),
+            parallelism: match task.get("parallelism").and_then(|p| p.as_bool()) {
+                Some(false) => Some(1),
+                _ => None,
+            },
             outputs,
             project: field("project").unwrap_or_else(|| p.to_string()),
             target: field("target").unwrap_or_else(|| t.to_string()),
@@ -314,5 +353,37 @@ mod tests {
         assert_eq!(app.configuration.as_deref(), Some("production"));
         assert_eq!(app.depends_on, ["lib:build"]);
         assert!(!f.graph.tasks[f.graph.index["lib:build"]].cache);
+    }
+
+    /// What `nx run-many -t build e2e --graph=stdout` prints with Nx 22 (trimmed): an e2e
+    /// target that must run alone and needs a continuous `serve`.
+    #[test]
+    fn nx_continuous_tasks_stay_with_their_dependents_and_parallelism_false_is_one() {
+        let text = r#"{"graph": {"nodes": {}}, "tasks": {
+            "roots": ["a:build", "web:serve"],
+            "tasks": {
+              "web:build": {"id": "web:build", "target": {"project": "web", "target": "build"}, "projectRoot": "apps/web", "overrides": {}, "outputs": ["dist/web"], "cache": true, "parallelism": true, "continuous": false},
+              "web:e2e": {"id": "web:e2e", "target": {"project": "web", "target": "e2e"}, "projectRoot": "apps/web", "overrides": {}, "outputs": [], "cache": false, "parallelism": false, "continuous": false},
+              "a:build": {"id": "a:build", "target": {"project": "a", "target": "build"}, "projectRoot": "libs/a", "overrides": {"__overrides_unparsed__": []}, "outputs": ["dist/a"], "cache": true, "parallelism": true, "continuous": false},
+              "web:serve": {"id": "web:serve", "target": {"project": "web", "target": "serve"}, "projectRoot": "apps/web", "overrides": {}, "outputs": [], "cache": false, "parallelism": true, "continuous": true}
+            },
+            "dependencies": {"web:build": ["a:build"], "web:e2e": ["web:build"], "a:build": [], "web:serve": []},
+            "continuousDependencies": {"web:build": [], "web:e2e": ["web:serve"], "a:build": [], "web:serve": []}
+          }, "taskPlans": {}}"#;
+        let f = parse_graph_file("nx", text).unwrap();
+        let ids: Vec<&str> = f.graph.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert!(!ids.contains(&"web:serve"));
+        let e2e = &f.graph.tasks[f.graph.index["web:e2e"]];
+        assert_eq!(e2e.command, "npx nx run web:e2e");
+        assert_eq!(e2e.parallelism, Some(1));
+        assert!(!e2e.cache);
+        let build = &f.graph.tasks[f.graph.index["web:build"]];
+        assert_eq!(
+            build.command,
+            "npx nx run web:build --excludeTaskDependencies"
+        );
+        assert_eq!(build.parallelism, None);
+        assert_eq!(build.outputs, ["dist/web"]);
     }
 }

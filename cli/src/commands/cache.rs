@@ -1,0 +1,190 @@
+//! `drover cache stats` and `drover cache prune`: the coordinator's remote cache, over HTTP.
+
+use clap::{Args, Subcommand};
+use drover_coordinator::cache::{PruneReport, Stats};
+
+use crate::error::CliError;
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Entries, bytes, hits and misses of the coordinator's cache.
+    Stats {
+        #[command(flatten)]
+        server: CacheServer,
+        /// Print the JSON the coordinator answered.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the eviction policy now (--cache-max-size, --cache-max-age), or empty the cache.
+    Prune {
+        #[command(flatten)]
+        server: CacheServer,
+        /// Remove every entry.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Where the cache is and how to get in.
+#[derive(Args, Debug, Clone)]
+pub struct CacheServer {
+    /// The coordinator's HTTP address (default: DROVER_CACHE_URL, else
+    /// NX_SELF_HOSTED_REMOTE_CACHE_SERVER, else http://127.0.0.1:50052).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Bearer token (default: DROVER_CACHE_TOKEN, else NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN,
+    /// else DROVER_CACHE_READ_TOKEN). Pruning needs the read-write token.
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+impl CacheServer {
+    pub fn url(&self) -> String {
+        let url = self
+            .server
+            .clone()
+            .or_else(|| first_env(&["DROVER_CACHE_URL", "NX_SELF_HOSTED_REMOTE_CACHE_SERVER"]))
+            .unwrap_or_else(|| "http://127.0.0.1:50052".into());
+        let url = if url.contains("://") {
+            url
+        } else {
+            format!("http://{url}")
+        };
+        url.trim_end_matches('/').to_string()
+    }
+
+    pub fn token(&self) -> Result<String, CliError> {
+        self.token
+            .clone()
+            .or_else(|| {
+                first_env(&[
+                    "DROVER_CACHE_TOKEN",
+                    "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN",
+                    "DROVER_CACHE_READ_TOKEN",
+                ])
+            })
+            .ok_or_else(|| {
+                CliError::Usage(
+                    "no cache token: pass --token, or set DROVER_CACHE_TOKEN or NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN".into(),
+                )
+            })
+    }
+}
+
+fn first_env(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+}
+
+pub async fn run(cmd: CacheCommand) -> Result<u8, CliError> {
+    match cmd {
+        CacheCommand::Stats { server, json } => {
+            let body = call(&server, reqwest::Method::GET, "/drover/cache/stats").await?;
+            if json {
+                out!("{body}");
+                return Ok(0);
+            }
+            let s: Stats = serde_json::from_str(&body)
+                .map_err(|e| CliError::Io(format!("the cache answered unreadable stats: {e}")))?;
+            let lookups = s.hits + s.misses;
+            let rate = if lookups == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.0}%", 100.0 * s.hits as f64 / lookups as f64)
+            };
+            out!("backend:   {}", s.backend);
+            out!("entries:   {}", s.entries);
+            out!("bytes:     {} ({})", s.bytes, human_bytes(s.bytes));
+            out!("hits:      {}", s.hits);
+            out!("misses:    {}", s.misses);
+            out!("hit rate:  {rate}");
+            out!("stored:    {} ({} in)", s.stored, human_bytes(s.bytes_in));
+            out!("conflicts: {} (409: already there)", s.conflicts);
+            out!("too large: {} (413)", s.too_large);
+            out!("evicted:   {}", s.evicted);
+            out!(
+                "policy:    max entry {}, max total {}, max age {}",
+                human_bytes(s.max_entry_bytes),
+                s.max_total_bytes.map_or("none".into(), human_bytes),
+                s.max_age_secs.map_or("none".into(), |secs| {
+                    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+                })
+            );
+            Ok(0)
+        }
+        CacheCommand::Prune { server, all } => {
+            let path = if all {
+                "/drover/cache/prune?all=true"
+            } else {
+                "/drover/cache/prune"
+            };
+            let body = call(&server, reqwest::Method::POST, path).await?;
+            let r: PruneReport = serde_json::from_str(&body).map_err(|e| {
+                CliError::Io(format!("the cache answered an unreadable report: {e}"))
+            })?;
+            out!(
+                "removed {} entries ({}); {} entries ({}) left",
+                r.removed,
+                human_bytes(r.removed_bytes),
+                r.entries,
+                human_bytes(r.bytes)
+            );
+            Ok(0)
+        }
+    }
+}
+
+async fn call(
+    server: &CacheServer,
+    method: reqwest::Method,
+    path: &str,
+) -> Result<String, CliError> {
+    let url = format!("{}{path}", server.url());
+    let token = server.token()?;
+    let response = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| CliError::Io(format!("cannot reach the cache at {url}: {e}")))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| CliError::Io(format!("{url}: {e}")))?;
+    if !status.is_success() {
+        return Err(CliError::Rpc {
+            context: format!("{url} answered {status}"),
+            message: body.trim().to_string(),
+        });
+    }
+    Ok(body)
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_a_person_writes_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(10 << 20), "10.0 MiB");
+    }
+}

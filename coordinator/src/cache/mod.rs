@@ -1,0 +1,376 @@
+//! Nx's self-hosted remote cache, served on the coordinator's HTTP port.
+//!
+//! The API is Nx's OpenAPI spec for a custom remote cache (Nx 20.8 and later):
+//!
+//! | request | answers |
+//! |---|---|
+//! | `PUT /v1/cache/{hash}` (tar body, `Content-Length`) | 200 stored, 409 already there, 403 read-only token, 413 over the size limit |
+//! | `GET /v1/cache/{hash}` | 200 with the tar, 404 not there |
+//! | either, without a valid `Authorization: Bearer TOKEN` | 401 with a text body |
+//!
+//! Blobs stream straight to the storage backend (a file under the data dir, or S3-compatible
+//! object storage) and back: an upload never sits whole in memory. Drover adds two operator
+//! endpoints on the same port, `GET /drover/cache/stats` and `POST /drover/cache/prune`, and
+//! an eviction policy (total size and age) applied on a timer and on request.
+
+mod auth;
+mod backend;
+mod evict;
+mod local;
+mod routes;
+mod s3;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+pub use auth::Access;
+pub use backend::{Backend, EntryMeta};
+pub use evict::{EvictionPolicy, choose_evictions};
+pub use routes::router;
+
+use crate::error::CoordError;
+
+/// Where cache blobs live.
+#[derive(Clone, Debug)]
+pub enum StorageConfig {
+    /// Files under this directory (default: `<data-dir>/cache`).
+    Local { dir: PathBuf },
+    /// An S3-compatible bucket; credentials come from the usual `AWS_*` variables.
+    S3(S3Config),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// e.g. `http://127.0.0.1:9000` for MinIO or moto; empty: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Key prefix inside the bucket, e.g. `nx-cache/`.
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// `None`: `<data-dir>/cache` on the local file system.
+    pub storage: Option<StorageConfig>,
+    /// Read-write token (agents, and the main job if it may write).
+    pub token: Option<String>,
+    /// Read-only token (e.g. developers' machines).
+    pub read_token: Option<String>,
+    /// Largest accepted entry; a larger upload gets 413.
+    pub max_entry_bytes: u64,
+    pub policy: EvictionPolicy,
+    /// How often the eviction policy runs.
+    pub prune_interval: Duration,
+    /// The URL agents use to reach the cache (default: `http://<http address>`).
+    pub public_url: Option<String>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            storage: None,
+            token: None,
+            read_token: None,
+            max_entry_bytes: 2 << 30,
+            policy: EvictionPolicy::default(),
+            prune_interval: Duration::from_secs(300),
+            public_url: None,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The cache is served once a token is configured.
+    pub fn enabled(&self) -> bool {
+        self.token.is_some() || self.read_token.is_some()
+    }
+}
+
+/// Counters since the coordinator started.
+#[derive(Default)]
+pub struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stored: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub too_large: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub evicted: AtomicU64,
+}
+
+/// What `GET /drover/cache/stats` answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stats {
+    pub backend: String,
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub stored: u64,
+    pub conflicts: u64,
+    pub too_large: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub evicted: u64,
+    pub max_entry_bytes: u64,
+    pub max_total_bytes: Option<u64>,
+    pub max_age_secs: Option<u64>,
+}
+
+/// What `POST /drover/cache/prune` answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub removed: u64,
+    pub removed_bytes: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// The cache: a backend, the tokens, the limits and the counters. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    token: Option<String>,
+    read_token: Option<String>,
+    max_entry_bytes: u64,
+    policy: EvictionPolicy,
+    prune_interval: Duration,
+    counters: Counters,
+    /// One prune at a time.
+    pruning: tokio::sync::Mutex<()>,
+}
+
+impl Cache {
+    /// Opens the backend named by `config` (`data_dir/cache` by default).
+    pub async fn open(
+        config: &CacheConfig,
+        data_dir: &std::path::Path,
+    ) -> Result<Cache, CoordError> {
+        let storage = config.storage.clone().unwrap_or(StorageConfig::Local {
+            dir: data_dir.join("cache"),
+        });
+        let backend = match storage {
+            StorageConfig::Local { dir } => Backend::Local(local::LocalStore::open(dir).await?),
+            StorageConfig::S3(s3) => Backend::S3(s3::S3Store::open(&s3)?),
+        };
+        tracing::info!(
+            backend = %backend.describe(),
+            read_only_token = config.read_token.is_some(),
+            "cache: serving Nx's remote cache API on the HTTP port"
+        );
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                backend,
+                token: config.token.clone().filter(|t| !t.is_empty()),
+                read_token: config.read_token.clone().filter(|t| !t.is_empty()),
+                max_entry_bytes: config.max_entry_bytes,
+                policy: config.policy,
+                prune_interval: config.prune_interval,
+                counters: Counters::default(),
+                pruning: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.inner.max_entry_bytes
+    }
+
+    pub fn access(&self, authorization: Option<&str>) -> Option<Access> {
+        auth::access(
+            authorization,
+            self.inner.token.as_deref(),
+            self.inner.read_token.as_deref(),
+        )
+    }
+
+    /// Every entry's key, size and age, and the counters.
+    pub async fn stats(&self) -> Result<Stats, String> {
+        let entries = self.inner.backend.list().await?;
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Ok(Stats {
+            backend: self.inner.backend.describe(),
+            entries: entries.len() as u64,
+            bytes: entries.iter().map(|e| e.size).sum(),
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            stored: get(&c.stored),
+            conflicts: get(&c.conflicts),
+            too_large: get(&c.too_large),
+            bytes_in: get(&c.bytes_in),
+            bytes_out: get(&c.bytes_out),
+            evicted: get(&c.evicted),
+            max_entry_bytes: self.inner.max_entry_bytes,
+            max_total_bytes: self.inner.policy.max_total_bytes,
+            max_age_secs: self.inner.policy.max_age.map(|d| d.as_secs()),
+        })
+    }
+
+    /// Applies the eviction policy; with `everything`, empties the cache.
+    pub async fn prune(&self, everything: bool) -> Result<PruneReport, String> {
+        let _one_at_a_time = self.inner.pruning.lock().await;
+        let entries = self.inner.backend.list().await?;
+        let policy = if everything {
+            EvictionPolicy {
+                max_total_bytes: Some(0),
+                max_age: None,
+            }
+        } else {
+            self.inner.policy
+        };
+        let doomed = choose_evictions(&entries, &policy, SystemTime::now());
+        let mut removed = 0;
+        let mut removed_bytes = 0;
+        for i in &doomed {
+            let e = &entries[*i];
+            match self.inner.backend.delete(&e.key).await {
+                Ok(()) => {
+                    removed += 1;
+                    removed_bytes += e.size;
+                }
+                Err(err) => tracing::warn!(key = %e.key, error = %err, "cache: could not evict"),
+            }
+        }
+        self.inner
+            .counters
+            .evicted
+            .fetch_add(removed, Ordering::Relaxed);
+        let total: u64 = entries.iter().map(|e| e.size).sum();
+        Ok(PruneReport {
+            removed,
+            removed_bytes,
+            entries: entries.len() as u64 - removed,
+            bytes: total - removed_bytes,
+        })
+    }
+
+    /// Prunes every `prune_interval` until `stop` resolves.
+    pub async fn evict_periodically(self, stop: impl std::future::Future<Output = ()>) {
+        if self.inner.policy.is_unbounded() {
+            stop.await;
+            return;
+        }
+        let mut tick = tokio::time::interval(self.inner.prune_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match self.prune(false).await {
+                    Ok(r) if r.removed > 0 => tracing::info!(
+                        removed = r.removed, bytes = r.removed_bytes, "cache: evicted entries"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cache: eviction failed"),
+                },
+                _ = &mut stop => break,
+            }
+        }
+    }
+}
+
+/// The variables every leased task gets so Nx on the agent reads and writes this cache.
+/// Empty when the cache has no read-write token (agents could not upload).
+pub fn lease_env(
+    config: &CacheConfig,
+    http_addr: std::net::SocketAddr,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    if let Some(token) = config.token.as_ref().filter(|t| !t.is_empty()) {
+        let url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
+        env.insert(
+            "NX_SELF_HOSTED_REMOTE_CACHE_SERVER".to_string(),
+            url.trim_end_matches('/').to_string(),
+        );
+        env.insert(
+            "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN".to_string(),
+            token.clone(),
+        );
+    }
+    env
+}
+
+/// Parses a size: `1048576`, `512k`, `10MiB`, `2G`, `1.5GB` (k, M, G, T are powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad = || format!("`{text}` is not a size like `500MiB`, `2G` or `1048576`");
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let bytes = value * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GB"), Ok(3 << 29));
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("10 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn leases_carry_the_cache_only_with_a_write_token() {
+        let addr: std::net::SocketAddr = "127.0.0.1:50052".parse().unwrap();
+        let mut config = CacheConfig {
+            read_token: Some("r".into()),
+            ..CacheConfig::default()
+        };
+        assert!(lease_env(&config, addr).is_empty());
+        config.token = Some("w".into());
+        let env = lease_env(&config, addr);
+        assert_eq!(
+            env["NX_SELF_HOSTED_REMOTE_CACHE_SERVER"],
+            "http://127.0.0.1:50052"
+        );
+        assert_eq!(env["NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN"], "w");
+        config.public_url = Some("https://cache.example/".into());
+        assert_eq!(
+            lease_env(&config, addr)["NX_SELF_HOSTED_REMOTE_CACHE_SERVER"],
+            "https://cache.example"
+        );
+    }
+}
