@@ -144,6 +144,8 @@ pub struct Actor {
     store: Store,
     /// What the scheduler decided for agents, sent once it is stored.
     outbox: Vec<Action>,
+    /// Results that arrived under a lease no longer active (revoked or unknown).
+    results_refused: u64,
     next_run: u64,
     tasks_finished: HashMap<&'static str, u64>,
     lease_env: Vec<(String, String)>,
@@ -151,18 +153,17 @@ pub struct Actor {
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
-
 /// Commands handled before one commit at most (group commit).
 const MAX_BATCH: usize = 512;
+
 impl Actor {
     pub fn new(config: Config, data_dir: PathBuf) -> Result<(Actor, Handle), CoordError> {
         let (tx, rx) = mpsc::channel(1024);
-        let mut durations = DurationStore::open(data_dir)?;
         let (store, loaded) =
             Store::open(&data_dir, |req| run_spec(req).map_err(|e| e.to_string()))?;
+        let mut durations = DurationStore::open(data_dir)?;
         let mut sched = Scheduler::new(config);
         sched.set_estimates(durations.load());
-        let actor = Actor {
         for problem in &loaded.problems {
             tracing::warn!(%problem, "store: a record could not be read");
         }
@@ -187,6 +188,7 @@ impl Actor {
         for run in sched.run_views() {
             logs.entry(run.id).or_default();
         }
+        let actor = Actor {
             sched,
             epoch,
             logs,
@@ -195,6 +197,7 @@ impl Actor {
             durations,
             store,
             outbox: Vec::new(),
+            results_refused: 0,
             next_run: loaded.next_run,
             tasks_finished: HashMap::new(),
             lease_env: Vec::new(),
@@ -236,32 +239,19 @@ impl Actor {
                 _ = tick.tick() => {
                     let now = self.now();
                     self.sched.tick(now);
+                    self.collect();
                     self.durations.save_if_due(self.sched.estimates(), now);
                 }
                 _ = &mut shutdown => break,
             }
+            self.commit();
             self.carry_out();
         }
+        self.collect();
+        self.commit();
         self.durations.save(self.sched.estimates());
     }
 
-                    self.collect();
-    fn handle(&mut self, cmd: Command) {
-        let now = self.now();
-        match cmd {
-            Command::StartRun {
-                spec,
-                request,
-                reply,
-            } => {
-            self.commit();
-                let id = self.new_run_id();
-                let result = self
-        self.collect();
-        self.commit();
-                    .sched
-                    .start_run(now, id, spec)
-                    .map_err(CoordError::from);
     /// Takes the scheduler's decisions: run events are numbered into their logs now, messages
     /// for agents wait in the outbox until the commit.
     fn collect(&mut self) {
@@ -308,29 +298,42 @@ impl Actor {
         }
     }
 
+    fn handle(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::StartRun {
+                spec,
+                request,
+                reply,
+            } => {
+                let id = self.new_run_id();
+                let result = self
+                    .sched
+                    .start_run(now, id, spec)
+                    .map_err(CoordError::from);
                 if let Ok((id, existing)) = &result {
                     self.logs.entry(id.clone()).or_default();
+                    if !existing {
+                        self.store.run_started(id, &request, self.next_run);
+                    }
                 }
                 let _ = reply.send(result);
             }
             Command::Submit { run, tasks, reply } => {
                 let result = self.resolve(&run).and_then(|id| {
                     let count = tasks.len() as u32;
+                    let stored = tasks.clone();
                     let submission = self.sched.submit(now, &id, tasks)?;
+                    self.store.submitted(&id, submission, &stored);
                     Ok((id, submission, count))
                 });
-                    if !existing {
-                        self.store.run_started(id, &request, self.next_run);
-                    }
                 let _ = reply.send(result);
             }
             Command::Watch {
                 run,
                 filter,
                 from_seq,
-                    let stored = tasks.clone();
                 reply,
-                    self.store.submitted(&id, submission, &stored);
             } => {
                 let result = self.resolve(&run).map(|id| {
                     let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
@@ -372,6 +375,9 @@ impl Actor {
                         // Welcome goes first: the scheduler's actions for this agent follow it.
                         let _ = tx.try_send(Ok(welcome));
                         self.agents.insert(id, AgentConn { conn, tx });
+                        if let Some(record) = self.sched.agent_record(id) {
+                            self.store.agent(&record);
+                        }
                         tracing::info!(agent = %name, %id, "agent connected");
                         let _ = reply.send(Ok(id));
                     }
@@ -381,11 +387,14 @@ impl Actor {
                 }
             }
             Command::FromAgent { agent, conn, msg } => {
-                        if let Some(record) = self.sched.agent_record(id) {
-                            self.store.agent(&record);
-                        }
                 if self.agents.get(&agent).is_some_and(|c| c.conn == conn) {
                     self.from_agent(now, agent, msg);
+                    if self.sched.agent_record(agent).is_none() {
+                        // Given up on (silent past the grace period) while its stream stayed
+                        // open: close the stream, so the agent reconnects and is known again.
+                        self.agents.remove(&agent);
+                        tracing::info!(%agent, "closing the stream of an agent given up on");
+                    }
                 }
             }
             Command::AgentGone { agent, conn } => {
@@ -494,6 +503,7 @@ impl Actor {
                     self.sched
                         .task_finished(now, agent, lease, f.fencing_token, result)
                 {
+                    self.results_refused += 1;
                     tracing::warn!(%agent, %lease, %refused, "result refused");
                     self.refuse(agent, lease, &refused.to_string());
                 }
@@ -634,7 +644,21 @@ impl Actor {
                 "drover_tasks_finished_total{{status=\"{status}\"}} {n}\n"
             ));
         }
+        out.push_str(&format!(
+            "# HELP drover_results_refused_total Results refused because their lease was revoked or unknown.\n# TYPE drover_results_refused_total counter\ndrover_results_refused_total {}\n",
+            self.results_refused
+        ));
         out
+    }
+}
+
+/// Runs a blocking write (a disk flush) without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -649,16 +673,6 @@ fn status_label(s: drover_scheduler::TaskStatus) -> &'static str {
 fn run_info(v: &drover_scheduler::state::RunView) -> pb::RunInfo {
     pb::RunInfo {
         run_id: v.id.clone(),
-/// Runs a blocking write (a disk flush) without stalling the runtime's other tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
         ci_execution_id: v.ci_execution_id.clone(),
         state: v.state.to_string(),
         total: v.progress.total as u32,

@@ -3,7 +3,9 @@
 //! cleans everything up (killing every child) when dropped.
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Read};
+pub mod proxy;
+
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -130,6 +132,8 @@ impl Drop for Proc {
 pub struct FleetConfig {
     pub heartbeat_interval: &'static str,
     pub lease_timeout: &'static str,
+    /// `None`: the coordinator's default (the lease timeout).
+    pub reconnect_grace: Option<&'static str>,
 }
 
 impl Default for FleetConfig {
@@ -137,6 +141,7 @@ impl Default for FleetConfig {
         FleetConfig {
             heartbeat_interval: "200ms",
             lease_timeout: "3s",
+            reconnect_grace: None,
         }
     }
 }
@@ -223,6 +228,20 @@ impl Fleet {
         slots: u32,
         ci_execution_id: Option<&str>,
     ) -> &mut Proc {
+        let url = self.url();
+        self.agent_via(&url, name, template, slots, ci_execution_id)
+    }
+
+    /// Starts an agent that reaches the coordinator at `url` (e.g. through a
+    /// [`proxy::Proxy`]).
+    pub fn agent_via(
+        &mut self,
+        url: &str,
+        name: &str,
+        template: &str,
+        slots: u32,
+        ci_execution_id: Option<&str>,
+    ) -> &mut Proc {
         let workdir = self.dir.join(format!("agents/{name}"));
         std::fs::create_dir_all(&workdir).expect("agent workdir");
         let mut cmd = self.drover(&[
@@ -246,6 +265,7 @@ impl Fleet {
                 cmd.arg("--daemon");
             }
         }
+        cmd.env("DROVER_COORDINATOR", url);
         let log = self.dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("agent log");
         cmd.stdout(file.try_clone().expect("dup log")).stderr(file);
@@ -270,6 +290,66 @@ impl Fleet {
             .as_ref()
             .map(Proc::log_text)
             .unwrap_or_default()
+    }
+
+    /// Every event of a run so far, output included, as `drover exec` could replay them.
+    /// Reads until the run is done or no event came for `quiet`.
+    pub fn events(&self, run_id: &str, quiet: Duration) -> Vec<drover_proto::v1::RunEvent> {
+        use drover_proto::v1::{
+            WatchRunRequest, run_event::Event, run_service_client::RunServiceClient,
+        };
+        let url = self.url();
+        let run_id = run_id.to_string();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .expect("a valid URL")
+                .connect()
+                .await
+                .expect("connect to the coordinator");
+            let mut client = RunServiceClient::new(channel);
+            let mut stream = client
+                .watch_run(WatchRunRequest {
+                    run_id,
+                    from_seq: 1,
+                    all_output: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("watch run")
+                .into_inner();
+            let mut events = Vec::new();
+            while let Ok(Ok(Some(e))) = tokio::time::timeout(quiet, stream.message()).await {
+                let done = matches!(e.event, Some(Event::RunDone(_)));
+                events.push(e);
+                if done {
+                    break;
+                }
+            }
+            events
+        })
+    }
+
+    /// `GET path` on the coordinator's HTTP port; the body of the answer.
+    pub fn http_get(&self, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(self.http).expect("connect to the HTTP port");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        )
+        .expect("send the request");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or(answer)
     }
 
     /// Everything the processes logged, for assertion messages.
@@ -308,6 +388,13 @@ fn start_coordinator(
             "--lease-timeout",
             config.lease_timeout,
         ])
+        .args(
+            config
+                .reconnect_grace
+                .map(|g| ["--reconnect-grace", g])
+                .into_iter()
+                .flatten(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(file)
