@@ -18,6 +18,8 @@ pub struct CoordinatorConfig {
     pub lease_timeout: Duration,
     /// How long a disconnected agent may take to come back before its leases are revoked.
     pub reconnect_grace: Duration,
+    /// A task whose agent is lost this many times fails.
+    pub max_lost_attempts: u32,
     /// Nx's remote cache on the HTTP port: storage, tokens, limits, eviction.
     pub cache: CacheConfig,
 }
@@ -31,6 +33,7 @@ impl CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(1),
             lease_timeout: Duration::from_secs(10),
             reconnect_grace: Duration::from_secs(10),
+            max_lost_attempts: 3,
             cache: CacheConfig::default(),
         }
     }

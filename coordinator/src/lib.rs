@@ -62,6 +62,7 @@ impl Coordinator {
             heartbeat_interval: config.heartbeat_interval,
             lease_timeout: config.lease_timeout,
             reconnect_grace: config.reconnect_grace,
+            max_lost_attempts: config.max_lost_attempts,
             ..Config::default()
         };
         let cache = match config.cache.enabled() {

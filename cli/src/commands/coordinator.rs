@@ -32,6 +32,9 @@ pub struct CoordinatorArgs {
     /// (default: the lease timeout).
     #[arg(long, env = "DROVER_RECONNECT_GRACE", value_parser = parse_duration)]
     pub reconnect_grace: Option<Duration>,
+    /// A task whose agent is lost (silent or gone) this many times fails with that reason.
+    #[arg(long, env = "DROVER_MAX_LOST_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_lost_attempts: u32,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -122,6 +125,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     config.heartbeat_interval = args.heartbeat_interval;
     config.lease_timeout = args.lease_timeout;
     config.reconnect_grace = args.reconnect_grace.unwrap_or(args.lease_timeout);
+    config.max_lost_attempts = args.max_lost_attempts;
     config.cache = args.cache.config();
     let coordinator = Coordinator::bind(config).await?;
     // Tests and scripts read this line to find the ports.
