@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{agent, cache, coordinator, demo, exec, nx, rules, run};
+use commands::{agent, bench, cache, coordinator, demo, exec, nx, rules, run, simulate};
 use error::CliError;
 
 #[derive(Parser, Debug)]
@@ -60,6 +60,12 @@ enum Command {
     Rules(rules::RulesCommand),
     /// A coordinator, three agents and a sample graph in one process.
     Demo(demo::DemoArgs),
+    /// How long would this graph take on this fleet? The coordinator's scheduler under a
+    /// virtual clock, with simulated agents.
+    Simulate(simulate::SimulateArgs),
+    /// Benchmarks: `schedule` (policies on public DAG sets), `decision` (one scheduling decision).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +110,8 @@ async fn dispatch(command: Command) -> Result<u8, CliError> {
         Command::CompleteCiRun(args) => run::complete(args).await,
         Command::Rules(cmd) => rules::run(cmd),
         Command::Demo(args) => demo::run(args).await,
+        Command::Simulate(args) => simulate::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod estimate;
 pub mod fleet;
 pub mod graph;
 pub mod rules;
+pub mod sim;
 pub mod state;
 pub mod task;
 

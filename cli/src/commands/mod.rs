@@ -1,6 +1,7 @@
 //! One file per command.
 
 pub mod agent;
+pub mod bench;
 pub mod cache;
 pub mod coordinator;
 pub mod demo;
@@ -8,6 +9,7 @@ pub mod exec;
 pub mod nx;
 pub mod rules;
 pub mod run;
+pub mod simulate;
 
 use clap::Args;
 

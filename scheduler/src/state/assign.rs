@@ -77,7 +77,8 @@ impl Scheduler {
                 if let Some(entry) = free_templates.iter_mut().find(|(t, _)| *t == kind.0) {
                     entry.1 -= 1;
                 }
-            } else if idle && !granted && !avoided {
+            } else if idle && !granted && !avoided && self.config.policy != Policy::Binning {
+                // (Under binning, agents of one template differ: each serves its own bins.)
                 idle_and_unserved.push(kind);
             }
             if self.ready_total == 0 {
@@ -200,6 +201,18 @@ impl Scheduler {
         let agent = &self.agents[&agent_id];
         let run = &mut self.runs[r];
         let heap = run.ready.classes.get_mut(&key)?;
+        // The common case: the top is ready and fits; leave the heap as it is.
+        while let Some(top) = heap.peek() {
+            let t = &run.tasks[top.task];
+            if t.phase != Phase::Ready {
+                heap.pop(); // stale
+                continue;
+            }
+            if t.avoid.is_empty() && fits(agent, r, t, &run.spec.rules) {
+                return Some(*top);
+            }
+            break;
+        }
         let mut held_back = Vec::new();
         let mut found = None;
         while let Some(top) = heap.pop() {
