@@ -49,7 +49,7 @@ pub enum Command {
     StartRun {
         spec: RunSpec,
         /// Kept so the run can be rebuilt after a restart.
-        request: pb::StartRunRequest,
+        request: Box<pb::StartRunRequest>,
         reply: Reply<(String, bool)>,
     },
     Submit {

@@ -34,7 +34,7 @@ impl RunService for RunSvc {
             .actor
             .ask(|reply| Command::StartRun {
                 spec,
-                request,
+                request: Box::new(request),
                 reply,
             })
             .await?;
