@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the coordinator: keeps runs and task graphs, leases tasks to agents.
-    Coordinator(coordinator::CoordinatorArgs),
+    Coordinator(Box<coordinator::CoordinatorArgs>),
     /// Run an agent: pull task leases from the coordinator and run them.
     #[command(alias = "start-agent")]
     Agent(agent::AgentArgs),
@@ -101,7 +101,7 @@ fn prefixed(e: &CliError) -> String {
 
 async fn dispatch(command: Command) -> Result<u8, CliError> {
     match command {
-        Command::Coordinator(args) => coordinator::run(args).await,
+        Command::Coordinator(args) => coordinator::run(*args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::StartCiRun(args) => run::start(args).await,
         Command::Exec(args) => exec::run(args).await,

@@ -132,6 +132,10 @@ impl Drop for Proc {
 pub struct FleetConfig {
     pub heartbeat_interval: &'static str,
     pub lease_timeout: &'static str,
+    /// More `drover coordinator` flags, e.g. `--cache-token`.
+    pub coordinator_args: Vec<String>,
+    /// Environment of the coordinator process, e.g. `AWS_ACCESS_KEY_ID`.
+    pub coordinator_env: Vec<(String, String)>,
     /// `None`: the coordinator's default (the lease timeout).
     pub reconnect_grace: Option<&'static str>,
 }
@@ -141,6 +145,8 @@ impl Default for FleetConfig {
         FleetConfig {
             heartbeat_interval: "200ms",
             lease_timeout: "3s",
+            coordinator_args: Vec::new(),
+            coordinator_env: Vec::new(),
             reconnect_grace: None,
         }
     }
@@ -395,6 +401,8 @@ fn start_coordinator(
                 .into_iter()
                 .flatten(),
         )
+        .args(&config.coordinator_args)
+        .envs(config.coordinator_env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(file)

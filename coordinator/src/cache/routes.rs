@@ -84,17 +84,23 @@ async fn put_entry(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let mut stream = body.into_data_stream();
     let (cache, access) = match authorize(&cache, &headers) {
         Ok(ok) => ok,
-        Err(refused) => return refused.into_response(),
+        Err(refused) => {
+            drain(&mut stream).await;
+            return refused.into_response();
+        }
     };
     if access != Access::ReadWrite {
+        drain(&mut stream).await;
         return text(
             StatusCode::FORBIDDEN,
             "Forbidden: this token may only read the cache",
         );
     }
     if !valid_hash(&hash) {
+        drain(&mut stream).await;
         return text(
             StatusCode::BAD_REQUEST,
             format!("`{hash}` is not a valid hash"),
@@ -108,13 +114,14 @@ async fn put_entry(
     let counters = cache.counters();
     if declared.is_some_and(|n| n > limit) {
         counters.too_large.fetch_add(1, Ordering::Relaxed);
+        drain(&mut stream).await;
         return too_large(limit);
     }
-    match cache
-        .backend()
-        .put(&hash, body.into_data_stream(), limit)
-        .await
-    {
+    let outcome = cache.backend().put(&hash, &mut stream, limit).await;
+    if matches!(outcome, Ok(PutOutcome::Exists | PutOutcome::TooLarge)) {
+        drain(&mut stream).await;
+    }
+    match outcome {
         Ok(PutOutcome::Stored(n)) => {
             counters.stored.fetch_add(1, Ordering::Relaxed);
             counters.bytes_in.fetch_add(n, Ordering::Relaxed);
@@ -142,6 +149,24 @@ async fn put_entry(
         }
     }
 }
+
+/// Reads and drops what is left of a refused upload (up to [`DRAIN_LIMIT`]), so the client,
+/// still sending, reads the answer instead of a reset connection.
+async fn drain<S, E>(stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    let mut read = 0usize;
+    while read < DRAIN_LIMIT {
+        match stream.next().await {
+            Some(Ok(chunk)) => read += chunk.len(),
+            _ => return,
+        }
+    }
+}
+
+/// Past this, a refused upload's connection is closed rather than read to its end.
+const DRAIN_LIMIT: usize = 64 << 20;
 
 fn too_large(limit: u64) -> Response {
     text(

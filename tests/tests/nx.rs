@@ -1,0 +1,440 @@
+//! `drover nx` end to end with the real Nx from the npm registry (installed by `.ci/run` from
+//! `tests/fixtures/nx/package-lock.json`): a generated workspace of 8 projects, a coordinator
+//! serving Nx's remote cache, two agents of two launch templates each in its own clone with its
+//! own Nx cache, and the main job's replay.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Instant;
+
+use drover_tests::{Fleet, FleetConfig, Proc, text};
+
+const WRITE_TOKEN: &str = "nx-test-write-token";
+const READ_TOKEN: &str = "nx-test-read-token";
+
+const RULES: &str = "assignment-rules:
+  - targets:
+      - e2e
+    run-on:
+      - agent: linux-large
+        parallelism: 1
+";
+
+/// Libraries and apps, and what each depends on.
+const PROJECTS: &[(&str, &str, &[&str])] = &[
+    ("util", "libs/util", &[]),
+    ("core", "libs/core", &["util"]),
+    ("data", "libs/data", &["core"]),
+    ("ui", "libs/ui", &["core"]),
+    ("auth", "libs/auth", &["data"]),
+    ("api-client", "libs/api-client", &["data"]),
+    ("web", "apps/web", &["ui", "auth"]),
+    ("admin", "apps/admin", &["ui", "api-client"]),
+];
+
+const APPS: &[&str] = &["web", "admin"];
+
+/// What every target runs: one line in the record file (task id, agent, template), its
+/// terminal output, and for `build` a file under `dist/`. A `FAIL_<target>` file in the
+/// project makes that target fail.
+const TASK_JS: &str = r#"const fs = require('fs');
+const path = require('path');
+const [target, project, projectRoot] = process.argv.slice(2);
+const agent = process.env.DROVER_AGENT_NAME || 'main-job';
+const template = process.env.DROVER_LAUNCH_TEMPLATE || '-';
+const conf = process.env.NX_TASK_TARGET_CONFIGURATION;
+const id = `${project}:${target}` + (conf ? `:${conf}` : '');
+if (process.env.DROVER_NX_RECORD) {
+  fs.appendFileSync(process.env.DROVER_NX_RECORD, `${id} ${agent} ${template}\n`);
+}
+console.log(`ran ${id} on ${agent}`);
+if (fs.existsSync(path.join(projectRoot, `FAIL_${target}`))) {
+  console.log(`${project} ${target} is broken: expected 42, got 41`);
+  process.exit(1);
+}
+if (target === 'build') {
+  const dir = path.join('dist', project);
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'main.js'), `built ${project} mode=${process.env.MODE || 'dev'} on ${agent}\n`);
+}
+"#;
+
+const NX_JSON: &str = r#"{
+  "$schema": "./node_modules/nx/schemas/nx-schema.json",
+  "targetDefaults": {
+    "build": {
+      "dependsOn": ["^build"],
+      "cache": true,
+      "outputs": ["{workspaceRoot}/dist/{projectName}"],
+      "executor": "nx:run-commands",
+      "options": { "command": "node tools/task.js build {projectName} {projectRoot}" },
+      "configurations": { "production": { "env": { "MODE": "production" } } }
+    },
+    "test": {
+      "dependsOn": ["build"],
+      "cache": true,
+      "executor": "nx:run-commands",
+      "options": { "command": "node tools/task.js test {projectName} {projectRoot}" }
+    },
+    "lint": {
+      "cache": true,
+      "executor": "nx:run-commands",
+      "options": { "command": "node tools/task.js lint {projectName} {projectRoot}" }
+    },
+    "e2e": {
+      "dependsOn": ["build"],
+      "cache": false,
+      "parallelism": false,
+      "executor": "nx:run-commands",
+      "options": { "command": "node tools/task.js e2e {projectName} {projectRoot}" }
+    }
+  }
+}
+"#;
+
+/// Where `.ci/run` installed the fixture's node_modules.
+fn node_modules() -> PathBuf {
+    let base = std::env::var_os("DROVER_NX_FIXTURE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            PathBuf::from(home).join(".cache/drover/nx-fixture")
+        });
+    let modules = base.join("node_modules");
+    assert!(
+        modules.join(".bin/nx").exists(),
+        "Nx is not installed in {}: run `bash .ci/run` (it installs tests/fixtures/nx with npm ci), or set DROVER_NX_FIXTURE_DIR",
+        base.display()
+    );
+    modules
+}
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/nx")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Writes the workspace into `root` (the main job's checkout or an agent's clone).
+fn write_workspace(root: &Path, failing: &[(&str, &str)]) {
+    let write = |rel: &str, content: &str| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    };
+    write("package.json", &fixture("package.json"));
+    write("package-lock.json", &fixture("package-lock.json"));
+    write("nx.json", NX_JSON);
+    write(".gitignore", "node_modules\ndist\n.nx\n");
+    write("tools/task.js", TASK_JS);
+    for (name, dir, deps) in PROJECTS {
+        let mut targets = vec![r#""build": {}"#, r#""test": {}"#, r#""lint": {}"#];
+        if APPS.contains(name) {
+            targets.push(r#""e2e": {}"#);
+        }
+        let deps: Vec<String> = deps.iter().map(|d| format!("\"{d}\"")).collect();
+        write(
+            &format!("{dir}/project.json"),
+            &format!(
+                "{{\n  \"name\": \"{name}\",\n  \"root\": \"{dir}\",\n  \"implicitDependencies\": [{}],\n  \"targets\": {{ {} }}\n}}\n",
+                deps.join(", "),
+                targets.join(", ")
+            ),
+        );
+        write(
+            &format!("{dir}/src/index.js"),
+            &format!("module.exports = '{name}';\n"),
+        );
+    }
+    for (project, target) in failing {
+        let dir = PROJECTS.iter().find(|p| p.1.ends_with(project)).unwrap().1;
+        write(&format!("{dir}/FAIL_{target}"), "broken on purpose\n");
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(node_modules(), root.join("node_modules")).unwrap();
+}
+
+/// Nx's variables for one checkout: no daemon, no Nx Cloud, its own local cache.
+fn nx_env(fleet: &Fleet, who: &str) -> Vec<(String, String)> {
+    vec![
+        ("NX_DAEMON".into(), "false".into()),
+        ("NX_NO_CLOUD".into(), "true".into()),
+        ("NX_TUI".into(), "false".into()),
+        // Plugins in worker processes cost a second per Nx start; this workspace has none.
+        ("NX_ISOLATE_PLUGINS".into(), "false".into()),
+        (
+            "NX_CACHE_DIRECTORY".into(),
+            fleet
+                .dir
+                .join(format!("nx-cache/{who}"))
+                .display()
+                .to_string(),
+        ),
+        (
+            "DROVER_NX_RECORD".into(),
+            fleet.dir.join("record.txt").display().to_string(),
+        ),
+    ]
+}
+
+/// A daemon agent running in its own clone of the workspace.
+fn nx_agent(fleet: &mut Fleet, name: &str, template: &str, failing: &[(&str, &str)]) {
+    let clone = fleet.dir.join(format!("agents/{name}"));
+    write_workspace(&clone, failing);
+    let mut cmd = fleet.drover(&[
+        "agent",
+        "--launch-template",
+        template,
+        "--slots",
+        "2",
+        "--name",
+        name,
+        "--workdir",
+        clone.to_str().unwrap(),
+        "--daemon",
+    ]);
+    cmd.envs(nx_env(fleet, name));
+    let log = fleet.dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    cmd.stdout(file.try_clone().unwrap()).stderr(file);
+    let child = cmd.spawn().expect("spawn agent");
+    fleet.agents.push(Proc {
+        name: name.to_string(),
+        child,
+        log,
+    });
+}
+
+fn nx_fleet(label: &str, failing: &[(&str, &str)]) -> (Fleet, PathBuf) {
+    let config = FleetConfig {
+        coordinator_args: vec![
+            "--cache-token".into(),
+            WRITE_TOKEN.into(),
+            "--cache-read-token".into(),
+            READ_TOKEN.into(),
+        ],
+        ..FleetConfig::default()
+    };
+    let mut fleet = Fleet::with_config(label, config);
+    let main = fleet.dir.join("main");
+    write_workspace(&main, failing);
+    fleet.dir.write("rules.yaml", RULES);
+    nx_agent(&mut fleet, "medium-1", "linux-medium", failing);
+    nx_agent(&mut fleet, "large-1", "linux-large", failing);
+    (fleet, main)
+}
+
+fn start_run(fleet: &Fleet, execution: &str) {
+    let out = fleet
+        .drover(&["start-ci-run", "--assignment-rules", "rules.yaml"])
+        .env("DROVER_CI_EXECUTION_ID", execution)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "start-ci-run: {}", text(&out.stderr));
+}
+
+/// `drover nx [FLAGS] -- ARGS` on the main job, with a read-only token for the replay.
+fn drover_nx(fleet: &Fleet, main: &Path, execution: &str, nx_args: &[&str]) -> Output {
+    drover_nx_with(fleet, main, execution, &[], nx_args)
+}
+
+fn drover_nx_with(
+    fleet: &Fleet,
+    main: &Path,
+    execution: &str,
+    flags: &[&str],
+    nx_args: &[&str],
+) -> Output {
+    let mut args = vec!["nx"];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(nx_args);
+    let started = Instant::now();
+    let out = fleet
+        .drover(&args)
+        .current_dir(main)
+        .envs(nx_env(fleet, "main"))
+        .env("DROVER_CI_EXECUTION_ID", execution)
+        .env(
+            "NX_SELF_HOSTED_REMOTE_CACHE_SERVER",
+            format!("http://{}", fleet.http),
+        )
+        .env("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN", READ_TOKEN)
+        .output()
+        .unwrap();
+    eprintln!(
+        "drover nx -- {} took {:.1}s",
+        nx_args.join(" "),
+        started.elapsed().as_secs_f64()
+    );
+    out
+}
+
+/// `(task id, agent, template)` for every task execution so far.
+fn records(fleet: &Fleet) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(fleet.dir.join("record.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((
+                w.next()?.to_string(),
+                w.next()?.to_string(),
+                w.next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn all_task_ids() -> Vec<String> {
+    let mut ids = Vec::new();
+    for (name, _, _) in PROJECTS {
+        ids.push(format!("{name}:build:production"));
+        ids.push(format!("{name}:test"));
+        ids.push(format!("{name}:lint"));
+        if APPS.contains(name) {
+            ids.push(format!("{name}:e2e"));
+        }
+    }
+    ids.sort();
+    ids
+}
+
+#[test]
+fn drover_nx_runs_every_task_on_the_agents_and_brings_outputs_and_logs_back() {
+    let (fleet, main) = nx_fleet("nx-e2e", &[]);
+    start_run(&fleet, "nx-1");
+    let nx_args = [
+        "run-many",
+        "-t",
+        "build",
+        "test",
+        "lint",
+        "e2e",
+        "--parallel=2",
+        "--configuration=production",
+    ];
+    let out = drover_nx(&fleet, &main, "nx-1", &nx_args);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    let context = || format!("stdout:\n{stdout}\nstderr:\n{stderr}\n{}", fleet.logs());
+    assert!(out.status.success(), "drover nx failed\n{}", context());
+
+    // Every task ran exactly once, on an agent, never on the main job; e2e where the rule says.
+    let ran = records(&fleet);
+    let mut ids: Vec<String> = ran.iter().map(|r| r.0.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, all_task_ids(), "{ran:?}\n{}", context());
+    for (task, agent, template) in &ran {
+        assert!(
+            agent == "medium-1" || agent == "large-1",
+            "{task} ran on {agent}\n{}",
+            context()
+        );
+        if task.ends_with(":e2e") {
+            assert_eq!(template, "linux-large", "{task} ran on {template}");
+        }
+    }
+    let by_template: HashMap<&str, usize> = ran.iter().fold(HashMap::new(), |mut m, r| {
+        *m.entry(r.2.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(by_template.len(), 2, "both agents work: {by_template:?}");
+
+    // Every build output is on the main job, built in production mode by an agent.
+    for (name, _, _) in PROJECTS {
+        let file = main.join(format!("dist/{name}/main.js"));
+        let content = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", file.display(), context()));
+        assert!(
+            content.starts_with(&format!("built {name} mode=production on ")),
+            "{content}"
+        );
+        assert!(!content.contains("main-job"), "{content}");
+    }
+    // The terminal output of every task is in the main job's log: replayed from the cache, or
+    // (e2e, not cacheable) as the agent printed it.
+    for (task, agent, _) in &ran {
+        assert!(
+            stdout.contains(&format!("ran {task} on {agent}")),
+            "no output of {task} on the main job\n{}",
+            context()
+        );
+    }
+    assert!(stdout.contains("not cacheable"), "{}", context());
+    assert!(
+        stderr.contains("replaying on the main job from the remote cache"),
+        "{}",
+        context()
+    );
+
+    // The next pipeline: every cacheable task is a cache hit; only the e2e suites run again.
+    let before = records(&fleet).len();
+    start_run(&fleet, "nx-2");
+    // Nx straight from node_modules this time (`--nx`), here and on the agents.
+    let out = drover_nx_with(
+        &fleet,
+        &main,
+        "nx-2",
+        &["--nx", "node_modules/.bin/nx"],
+        &nx_args,
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "second drover nx failed\nstdout:\n{stdout}\nstderr:\n{stderr}\n{}",
+        fleet.logs()
+    );
+    let again: Vec<String> = records(&fleet)[before..]
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    let mut again_sorted = again.clone();
+    again_sorted.sort();
+    assert_eq!(
+        again_sorted,
+        ["admin:e2e", "web:e2e"],
+        "the second run executed {again:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains(
+            "Nx read the output from the cache instead of running the command for 8 out of 8 tasks"
+        ) && stdout.contains("for 16 out of 16 tasks"),
+        "the replay was not all cache hits\nstdout:\n{stdout}"
+    );
+}
+
+#[test]
+fn a_failing_nx_task_fails_drover_nx_and_its_output_reaches_the_main_job() {
+    let (fleet, main) = nx_fleet("nx-fail", &[("core", "test")]);
+    start_run(&fleet, "nx-fail-1");
+    let out = drover_nx_with(
+        &fleet,
+        &main,
+        "nx-fail-1",
+        &["--nx", "node_modules/.bin/nx"],
+        &["run-many", "-t", "test", "-p", "util,core"],
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    let context = || format!("stdout:\n{stdout}\nstderr:\n{stderr}\n{}", fleet.logs());
+    assert_eq!(out.status.code(), Some(1), "{}", context());
+    assert!(
+        stdout.contains("core test is broken: expected 42, got 41"),
+        "{}",
+        context()
+    );
+    assert!(stdout.contains("FAILED core:test"), "{}", context());
+    // The failed task is not run again on the main job; the others come back from the cache.
+    let ran = records(&fleet);
+    assert!(
+        ran.iter().all(|r| r.1 != "main-job"),
+        "{ran:?}\n{}",
+        context()
+    );
+    assert!(main.join("dist/core/main.js").exists(), "{}", context());
+    assert!(stdout.contains("ran util:test on"), "{}", context());
+}
