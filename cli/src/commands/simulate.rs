@@ -60,15 +60,17 @@ fn read(path: &Path) -> Result<String, CliError> {
 fn fleets(agents: &str, sweep: &[u32]) -> Result<Vec<FleetSpec>, CliError> {
     let mut out = Vec::new();
     for spec in agents.split(';').filter(|s| !s.trim().is_empty()) {
-        let fleet = FleetSpec::parse(spec)
-            .map_err(|e| CliError::Usage(format!("--agents: {e}")))?;
+        let fleet =
+            FleetSpec::parse(spec).map_err(|e| CliError::Usage(format!("--agents: {e}")))?;
         if sweep.is_empty() {
             out.push(fleet);
             continue;
         }
         for &n in sweep {
             if n == 0 {
-                return Err(CliError::Usage("--sweep: factors must be at least 1".into()));
+                return Err(CliError::Usage(
+                    "--sweep: factors must be at least 1".into(),
+                ));
             }
             let mut scaled = fleet.clone();
             for g in &mut scaled.groups {
@@ -219,6 +221,9 @@ mod tests {
         let counts: Vec<u32> = f.iter().map(|f| f.groups[0].count).collect();
         assert_eq!(counts, vec![1, 3, 2, 6]);
         assert!(fleets("1 linux:2", &[0]).is_err());
-        assert_eq!(numbered(Path::new("/tmp/a.svg"), 2), PathBuf::from("/tmp/a-2.svg"));
+        assert_eq!(
+            numbered(Path::new("/tmp/a.svg"), 2),
+            PathBuf::from("/tmp/a-2.svg")
+        );
     }
 }

@@ -156,6 +156,9 @@ pub fn true_durations(tasks: &[TaskSpec], durations: &HashMap<String, Duration>)
         .collect()
 }
 
+/// A task's end: when, lease order (ties), agent, lease, fencing token.
+type Completion = (Duration, u64, AgentId, LeaseId, u64);
+
 /// Runs the graph on the fleet to the end.
 pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
     let agents = fleet_agents(setup.fleet);
@@ -208,8 +211,7 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
     sched.complete_run(zero, &run_id)?;
 
     // Completions in time order; ties in lease order.
-    let mut pending: BinaryHeap<Reverse<(Duration, u64, AgentId, LeaseId, u64)>> =
-        BinaryHeap::new();
+    let mut pending: BinaryHeap<Reverse<Completion>> = BinaryHeap::new();
     let mut busy: Vec<Vec<bool>> = agents
         .iter()
         .map(|a| vec![false; a.slots as usize])

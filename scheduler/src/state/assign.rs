@@ -36,17 +36,20 @@ impl Scheduler {
         }
         let candidates: Vec<AgentId> = self.free_agents.iter().copied().collect();
         // Launch templates with a free slot now, and how many free agents each has.
+        // (With one free agent there is no other template to leave work to.)
         let mut free_templates: Vec<(String, usize)> = Vec::new();
-        for id in &candidates {
-            match self.agents.get(id) {
-                Some(a) if a.can_take() => {
-                    match free_templates.iter_mut().find(|(t, _)| *t == a.template) {
-                        Some((_, n)) => *n += 1,
-                        None => free_templates.push((a.template.clone(), 1)),
+        if candidates.len() > 1 {
+            for id in &candidates {
+                match self.agents.get(id) {
+                    Some(a) if a.can_take() => {
+                        match free_templates.iter_mut().find(|(t, _)| *t == a.template) {
+                            Some((_, n)) => *n += 1,
+                            None => free_templates.push((a.template.clone(), 1)),
+                        }
                     }
-                }
-                _ => {
-                    self.free_agents.remove(id);
+                    _ => {
+                        self.free_agents.remove(id);
+                    }
                 }
             }
         }
@@ -59,8 +62,8 @@ impl Scheduler {
                 continue;
             }
             let idle = agent.running() == 0;
-            let kind = (agent.template.clone(), agent.ci_execution_id.clone());
-            if idle && idle_and_unserved.contains(&kind) {
+            let kind = idle.then(|| (agent.template.clone(), agent.ci_execution_id.clone()));
+            if kind.as_ref().is_some_and(|k| idle_and_unserved.contains(k)) {
                 continue;
             }
             let mut granted = false;
@@ -72,12 +75,20 @@ impl Scheduler {
                 self.grant(now, id, r, i);
                 granted = true;
             }
-            if !self.agents[&id].can_take() {
-                self.free_agents.remove(&id);
-                if let Some(entry) = free_templates.iter_mut().find(|(t, _)| *t == kind.0) {
-                    entry.1 -= 1;
+            let agent = &self.agents[&id];
+            if !agent.can_take() {
+                if let Some(entry) = free_templates
+                    .iter_mut()
+                    .find(|(t, _)| *t == agent.template)
+                {
+                    entry.1 = entry.1.saturating_sub(1);
                 }
-            } else if idle && !granted && !avoided && self.config.policy != Policy::Binning {
+                self.free_agents.remove(&id);
+            } else if let Some(kind) = kind
+                && !granted
+                && !avoided
+                && self.config.policy != Policy::Binning
+            {
                 // (Under binning, agents of one template differ: each serves its own bins.)
                 idle_and_unserved.push(kind);
             }
@@ -406,7 +417,7 @@ pub(super) fn fits(agent: &Agent, r: usize, t: &TaskState, rules: &crate::rules:
         .class
         .and_then(|rule| rules.parallelism(rule, &agent.template))
         .or(t.spec.parallelism);
-    !cap.is_some_and(|cap| agent.in_group((r, t.class)) >= cap)
+    cap.is_none_or(|cap| agent.in_group((r, t.class)) < cap)
 }
 
 /// Runs an agent serves: CI agents the newest run of their execution, others every run.
