@@ -627,12 +627,13 @@ fn a_second_sigterm_kills_the_task_group_and_hands_the_lease_back_at_once() {
         again.nanos,
         SLACK,
     );
-    assert!(
-        fleet
-            .agent_proc("doomed")
-            .wait_for_exit(Duration::from_secs(5))
-            .is_some(),
-        "the agent exits at once"
+    let status = fleet
+        .agent_proc("doomed")
+        .wait_for_exit(Duration::from_secs(5));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the agent exits at once, non-zero: it killed a task"
     );
     eventually(
         Duration::from_secs(5),
