@@ -46,7 +46,9 @@ const template = process.env.DROVER_LAUNCH_TEMPLATE || '-';
 const conf = process.env.NX_TASK_TARGET_CONFIGURATION;
 const id = `${project}:${target}` + (conf ? `:${conf}` : '');
 if (process.env.DROVER_NX_RECORD) {
-  fs.appendFileSync(process.env.DROVER_NX_RECORD, `${id} ${agent} ${template}\n`);
+  const mark = process.env.NX_DROVER_TEST_MARK || '-';
+  const cache = path.basename(process.env.NX_CACHE_DIRECTORY || '-');
+  fs.appendFileSync(process.env.DROVER_NX_RECORD, `${id} ${agent} ${template} ${mark} ${cache}\n`);
 }
 console.log(`ran ${id} on ${agent}`);
 if (fs.existsSync(path.join(projectRoot, `FAIL_${target}`))) {
@@ -262,6 +264,7 @@ fn drover_nx_with(
             format!("http://{}", fleet.http),
         )
         .env("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN", READ_TOKEN)
+        .env("NX_DROVER_TEST_MARK", "from-the-main-job")
         .output()
         .unwrap();
     eprintln!(
@@ -274,17 +277,20 @@ fn drover_nx_with(
 
 /// `(task id, agent, template)` for every task execution so far.
 fn records(fleet: &Fleet) -> Vec<(String, String, String)> {
+    raw_records(fleet)
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .collect()
+}
+
+/// Every record line's words: task id, agent, template, `NX_DROVER_TEST_MARK`, the basename
+/// of `NX_CACHE_DIRECTORY`.
+fn raw_records(fleet: &Fleet) -> Vec<Vec<String>> {
     std::fs::read_to_string(fleet.dir.join("record.txt"))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            Some((
-                w.next()?.to_string(),
-                w.next()?.to_string(),
-                w.next()?.to_string(),
-            ))
-        })
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|w| w.len() == 5)
         .collect()
 }
 
@@ -336,6 +342,11 @@ fn drover_nx_runs_every_task_on_the_agents_and_brings_outputs_and_logs_back() {
         if task.ends_with(":e2e") {
             assert_eq!(template, "linux-large", "{task} ran on {template}");
         }
+    }
+    // The main job's NX_* variables reach the tasks; its Nx cache directory does not.
+    for r in raw_records(&fleet) {
+        assert_eq!(r[3], "from-the-main-job", "{r:?}");
+        assert_eq!(r[4], r[1], "each agent keeps its own Nx cache: {r:?}");
     }
     let by_template: HashMap<&str, usize> = ran.iter().fold(HashMap::new(), |mut m, r| {
         *m.entry(r.2.as_str()).or_default() += 1;
@@ -437,4 +448,40 @@ fn a_failing_nx_task_fails_drover_nx_and_its_output_reaches_the_main_job() {
     );
     assert!(main.join("dist/core/main.js").exists(), "{}", context());
     assert!(stdout.contains("ran util:test on"), "{}", context());
+}
+
+#[test]
+fn drover_nx_stops_before_running_anything_when_the_replay_could_not_read_the_cache() {
+    let fleet = Fleet::with_config(
+        "nx-no-cache",
+        FleetConfig {
+            coordinator_args: vec!["--cache-token".into(), WRITE_TOKEN.into()],
+            ..FleetConfig::default()
+        },
+    );
+    let nx = |server: Option<String>, token: &str| {
+        let mut cmd = fleet.drover(&["nx", "--", "run-many", "-t", "build"]);
+        cmd.env_remove("NX_SELF_HOSTED_REMOTE_CACHE_SERVER")
+            .env_remove("DROVER_CACHE_URL")
+            .env("DROVER_CI_EXECUTION_ID", "nx-no-cache")
+            .env("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN", token);
+        if let Some(s) = server {
+            cmd.env("NX_SELF_HOSTED_REMOTE_CACHE_SERVER", s);
+        }
+        cmd.output().unwrap()
+    };
+    let out = nx(None, WRITE_TOKEN);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("NX_SELF_HOSTED_REMOTE_CACHE_SERVER"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = nx(Some(format!("http://{}", fleet.http)), "not-the-token");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("refused the token (401"),
+        "{}",
+        text(&out.stderr)
+    );
 }

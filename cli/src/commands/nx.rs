@@ -105,6 +105,9 @@ pub async fn run(args: NxArgs) -> Result<u8, CliError> {
     }
     let cache = replay_cache(&args)?;
     let (run_id, ci_execution_id) = args.run.resolve()?;
+    if let Some((server, token)) = &cache {
+        check_cache(server, token).await?;
+    }
 
     // 1. The task graph, as Nx sees it here.
     let shown = format!("{} {} --graph=stdout", args.nx, args.nx_args.join(" "));
@@ -288,6 +291,30 @@ fn replay_cache(args: &NxArgs) -> Result<Option<(String, String)>, CliError> {
         (Some(_), None) => Err(CliError::Usage(
             "no token for the remote cache: set NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN (a read-only token is enough) or pass --cache-token, or pass --no-replay".into(),
         )),
+    }
+}
+
+/// Fails before anything runs when the replay could not read the cache: the agents' work
+/// would not come back, and Nx would quietly run everything again here.
+async fn check_cache(server: &str, token: &str) -> Result<(), CliError> {
+    let url = format!("{server}/drover/cache/stats");
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| CliError::Io(format!("cannot reach the remote cache at {server}: {e}")))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    match status.as_u16() {
+        401 => Err(CliError::Usage(format!(
+            "the remote cache at {server} refused the token (401: {}); check NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN",
+            body.trim()
+        ))),
+        503 => Err(CliError::Usage(format!("{server}: {}", body.trim()))),
+        // Another Nx cache server (no Drover endpoints) is fine too.
+        _ => Ok(()),
     }
 }
 
