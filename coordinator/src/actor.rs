@@ -388,7 +388,7 @@ impl Actor {
             }
             Command::FromAgent { agent, conn, msg } => {
                 if self.agents.get(&agent).is_some_and(|c| c.conn == conn) {
-                    self.from_agent(now, agent, msg);
+                    self.on_agent_message(now, agent, msg);
                     if self.sched.agent_record(agent).is_none() {
                         // Given up on (silent past the grace period) while its stream stayed
                         // open: close the stream, so the agent reconnects and is known again.
@@ -445,7 +445,7 @@ impl Actor {
         }
     }
 
-    fn from_agent(&mut self, now: Duration, agent: AgentId, msg: pb::agent_message::Msg) {
+    fn on_agent_message(&mut self, now: Duration, agent: AgentId, msg: pb::agent_message::Msg) {
         use pb::agent_message::Msg;
         match msg {
             Msg::Hello(_) => tracing::warn!(%agent, "second Hello on one stream ignored"),
