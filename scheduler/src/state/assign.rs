@@ -270,7 +270,9 @@ impl Scheduler {
         t.agent = agent.name.clone();
         run.ready_count -= 1;
         self.ready_total -= 1;
-        run.waiting_reported.remove(&t.class);
+        if !run.waiting_reported.is_empty() {
+            run.waiting_reported.remove(&t.class);
+        }
         let group = (r, t.class);
         agent.leases.push(lease_id);
         *agent.groups.entry(group).or_insert(0) += 1;
