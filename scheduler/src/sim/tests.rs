@@ -339,3 +339,60 @@ fn full_benchmark() {
     let report = bench::run(&corpus, &bench::Options::default()).unwrap();
     println!("{}", bench::table(&report));
 }
+
+#[test]
+fn the_simulator_drives_the_coordinators_scheduler() {
+    // Driving `Scheduler` by hand, as the coordinator does, hands out the same leases in the
+    // same order as the simulation: there is one scheduling implementation.
+    let mut tasks: Vec<TaskSpec> = (0..6).map(|i| task(&format!("p{i}:t"), &[])).collect();
+    tasks.push(task("z:t", &["p0:t", "p5:t"]));
+    for (i, t) in tasks.iter_mut().enumerate() {
+        t.estimate = Some(secs(1 + (i as u64 * 7) % 5));
+    }
+    let truth: HashMap<String, Duration> = tasks.iter().map(|t| (t.id.clone(), secs(3))).collect();
+    let o = sim(
+        &tasks,
+        &truth,
+        &RuleSet::default(),
+        "2 linux:2",
+        Policy::CriticalPath,
+    );
+
+    let forever = secs(1 << 30);
+    let mut s = Scheduler::new(Config {
+        lease_timeout: forever,
+        reconnect_grace: forever,
+        ..Config::default()
+    });
+    let z = Duration::ZERO;
+    let spec = RunSpec {
+        ci_execution_id: "simulation".into(),
+        ..RunSpec::default()
+    };
+    s.start_run(z, "simulation".into(), spec).unwrap();
+    for n in 1..=2 {
+        s.agent_connected(
+            z,
+            Hello {
+                name: format!("linux-{n}"),
+                instance_id: "sim".into(),
+                launch_template: "linux".into(),
+                slots: 2,
+                ..Hello::default()
+            },
+        )
+        .unwrap();
+    }
+    s.submit(z, "simulation", tasks.clone()).unwrap();
+    let first: Vec<String> = s
+        .take_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Lease { grant, .. } => Some(grant.task_id),
+            _ => None,
+        })
+        .collect();
+    let simulated: Vec<String> = o.schedule[..4].iter().map(|p| p.task.clone()).collect();
+    assert_eq!(first, simulated);
+    assert_eq!(o.makespan, secs(6));
+}
