@@ -55,6 +55,15 @@ if (fs.existsSync(path.join(projectRoot, `FAIL_${target}`))) {
   console.log(`${project} ${target} is broken: expected 42, got 41`);
   process.exit(1);
 }
+if (target === 'build' && process.env.DROVER_NX_CHECK_DEPS) {
+  // Like a real build of a buildable library: the dependencies' outputs must be here.
+  for (const dep of fs.readFileSync(path.join(projectRoot, 'deps.txt'), 'utf8').split(/\s+/).filter(Boolean)) {
+    if (!fs.existsSync(path.join('dist', dep, 'main.js'))) {
+      console.log(`${project} build: the output of ${dep} is missing`);
+      process.exit(1);
+    }
+  }
+}
 if (target === 'build') {
   const dir = path.join('dist', project);
   fs.mkdirSync(dir, { recursive: true });
@@ -146,6 +155,10 @@ fn write_workspace(root: &Path, failing: &[(&str, &str)]) {
             ),
         );
         write(
+            &format!("{dir}/deps.txt"),
+            &format!("{}\n", deps_of(name).join(" ")),
+        );
+        write(
             &format!("{dir}/src/index.js"),
             &format!("module.exports = '{name}';\n"),
         );
@@ -156,6 +169,14 @@ fn write_workspace(root: &Path, failing: &[(&str, &str)]) {
     }
     #[cfg(unix)]
     std::os::unix::fs::symlink(node_modules(), root.join("node_modules")).unwrap();
+}
+
+fn deps_of(name: &str) -> Vec<&'static str> {
+    PROJECTS
+        .iter()
+        .find(|p| p.0 == name)
+        .map(|p| p.2.to_vec())
+        .unwrap_or_default()
 }
 
 /// Nx's variables for one checkout: no daemon, no Nx Cloud, its own local cache.
@@ -182,7 +203,14 @@ fn nx_env(fleet: &Fleet, who: &str) -> Vec<(String, String)> {
 }
 
 /// A daemon agent running in its own clone of the workspace.
-fn nx_agent(fleet: &mut Fleet, name: &str, template: &str, failing: &[(&str, &str)]) {
+/// With `check_deps`, a build fails unless its dependencies' outputs are in its checkout.
+fn nx_agent(
+    fleet: &mut Fleet,
+    name: &str,
+    template: &str,
+    failing: &[(&str, &str)],
+    check_deps: bool,
+) {
     let clone = fleet.dir.join(format!("agents/{name}"));
     write_workspace(&clone, failing);
     let mut cmd = fleet.drover(&[
@@ -198,6 +226,9 @@ fn nx_agent(fleet: &mut Fleet, name: &str, template: &str, failing: &[(&str, &st
         "--daemon",
     ]);
     cmd.envs(nx_env(fleet, name));
+    if check_deps {
+        cmd.env("DROVER_NX_CHECK_DEPS", "1");
+    }
     let log = fleet.dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     cmd.stdout(file.try_clone().unwrap()).stderr(file);
@@ -209,7 +240,7 @@ fn nx_agent(fleet: &mut Fleet, name: &str, template: &str, failing: &[(&str, &st
     });
 }
 
-fn nx_fleet(label: &str, failing: &[(&str, &str)]) -> (Fleet, PathBuf) {
+fn nx_fleet(label: &str, failing: &[(&str, &str)], check_deps: bool) -> (Fleet, PathBuf) {
     let config = FleetConfig {
         coordinator_args: vec![
             "--cache-token".into(),
@@ -223,8 +254,8 @@ fn nx_fleet(label: &str, failing: &[(&str, &str)]) -> (Fleet, PathBuf) {
     let main = fleet.dir.join("main");
     write_workspace(&main, failing);
     fleet.dir.write("rules.yaml", RULES);
-    nx_agent(&mut fleet, "medium-1", "linux-medium", failing);
-    nx_agent(&mut fleet, "large-1", "linux-large", failing);
+    nx_agent(&mut fleet, "medium-1", "linux-medium", failing, check_deps);
+    nx_agent(&mut fleet, "large-1", "linux-large", failing, check_deps);
     (fleet, main)
 }
 
@@ -310,7 +341,7 @@ fn all_task_ids() -> Vec<String> {
 
 #[test]
 fn drover_nx_runs_every_task_on_the_agents_and_brings_outputs_and_logs_back() {
-    let (fleet, main) = nx_fleet("nx-e2e", &[]);
+    let (fleet, main) = nx_fleet("nx-e2e", &[], true);
     start_run(&fleet, "nx-1");
     let nx_args = [
         "run-many",
@@ -322,7 +353,14 @@ fn drover_nx_runs_every_task_on_the_agents_and_brings_outputs_and_logs_back() {
         "--parallel=2",
         "--configuration=production",
     ];
-    let out = drover_nx(&fleet, &main, "nx-1", &nx_args);
+    // Builds read their dependencies' outputs, which agents restore from the remote cache.
+    let out = drover_nx_with(
+        &fleet,
+        &main,
+        "nx-1",
+        &["--restore-dependency-outputs"],
+        &nx_args,
+    );
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
     let context = || format!("stdout:\n{stdout}\nstderr:\n{stderr}\n{}", fleet.logs());
@@ -420,7 +458,7 @@ fn drover_nx_runs_every_task_on_the_agents_and_brings_outputs_and_logs_back() {
 
 #[test]
 fn a_failing_nx_task_fails_drover_nx_and_its_output_reaches_the_main_job() {
-    let (fleet, main) = nx_fleet("nx-fail", &[("core", "test")]);
+    let (fleet, main) = nx_fleet("nx-fail", &[("core", "test")], false);
     start_run(&fleet, "nx-fail-1");
     let out = drover_nx_with(
         &fleet,

@@ -47,6 +47,11 @@ pub struct NxArgs {
     /// Print every task's output as it comes (default: only failed tasks' output).
     #[arg(long)]
     pub stream_output: bool,
+    /// Agents restore a task's dependencies' outputs from the remote cache before running it
+    /// (`nx run <task id>` without `--excludeTaskDependencies`), as Nx Cloud's agents do. Only
+    /// for tasks whose dependencies are all cacheable, so nothing runs twice.
+    #[arg(long, env = "DROVER_NX_RESTORE_DEPENDENCY_OUTPUTS")]
+    pub restore_dependency_outputs: bool,
     /// The Nx command, e.g. `affected -t lint,test,build --parallel=2`.
     #[arg(last = true, required = true, num_args = 1.., allow_hyphen_values = true)]
     pub nx_args: Vec<String>,
@@ -141,6 +146,25 @@ pub async fn run(args: NxArgs) -> Result<u8, CliError> {
     let file = parse_graph_file("nx graph", &graph.to_string())
         .map_err(|e| CliError::Input(e.to_string()))?;
     let env = forwarded_nx_env();
+    // With --restore-dependency-outputs: `nx run-many` over exactly the task's dependencies
+    // (all cache hits) before the task itself.
+    let restore: BTreeMap<String, String> = if args.restore_dependency_outputs {
+        restorable_tasks(&file.graph)
+            .into_iter()
+            .map(|(id, deps)| {
+                let steps: Vec<String> = replay_invocations(deps.into_iter())
+                    .into_iter()
+                    .map(|words| {
+                        let words: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
+                        format!("{} {}", args.nx, words.join(" "))
+                    })
+                    .collect();
+                (id, steps.join(" && "))
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let tasks: Vec<TaskSpec> = file
         .graph
         .tasks
@@ -148,6 +172,9 @@ pub async fn run(args: NxArgs) -> Result<u8, CliError> {
         .map(|mut t| {
             if let Some(rest) = t.command.strip_prefix("npx nx ") {
                 t.command = format!("{} {rest}", args.nx);
+            }
+            if let Some(steps) = restore.get(&t.id) {
+                t.command = format!("{steps} && {}", t.command);
             }
             t.parallelism = t.parallelism.or(Some(parallel));
             for (k, v) in &env {
@@ -291,6 +318,39 @@ fn replay_cache(args: &NxArgs) -> Result<Option<(String, String)>, CliError> {
         (Some(_), None) => Err(CliError::Usage(
             "no token for the remote cache: set NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN (a read-only token is enough) or pass --cache-token, or pass --no-replay".into(),
         )),
+    }
+}
+
+/// For each task whose dependencies are all (transitively) cacheable: those dependencies.
+/// Nx on the agent can take every one of them from the remote cache, outputs included,
+/// instead of running it again.
+fn restorable_tasks(graph: &drover_scheduler::TaskGraph) -> BTreeMap<String, Vec<&TaskSpec>> {
+    let mut out = BTreeMap::new();
+    for (i, task) in graph.tasks.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<usize> = graph.deps[i].clone();
+        while let Some(d) = stack.pop() {
+            if seen.insert(d) {
+                stack.extend(graph.deps[d].iter().copied());
+            }
+        }
+        if !seen.is_empty() && seen.iter().all(|&d| graph.tasks[d].cache) {
+            out.insert(
+                task.id.clone(),
+                seen.iter().map(|&d| &graph.tasks[d]).collect(),
+            );
+        }
+    }
+    out
+}
+
+/// A word for `sh -c`, quoted where it needs to be.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=,@+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -731,6 +791,37 @@ mod tests {
                 ]),
             ]
         );
+    }
+
+    #[test]
+    fn dependency_outputs_are_restored_only_where_every_dependency_is_cacheable() {
+        let mut gen_ = TaskSpec::new("lib:gen", "x");
+        gen_.cache = false;
+        let mut lib_build = TaskSpec::new("lib:build", "x");
+        lib_build.depends_on = vec!["lib:gen".into()];
+        let util = TaskSpec::new("util:build", "x");
+        let mut app = TaskSpec::new("app:build", "x");
+        app.depends_on = vec!["util:build".into()];
+        let mut e2e = TaskSpec::new("app:e2e", "x");
+        e2e.cache = false;
+        e2e.depends_on = vec!["app:build".into()];
+        let mut web = TaskSpec::new("web:build", "x");
+        web.depends_on = vec!["lib:build".into(), "util:build".into()];
+        let graph =
+            drover_scheduler::TaskGraph::new(vec![gen_, lib_build, util, app, e2e, web]).unwrap();
+        let got: Vec<(String, Vec<&str>)> = restorable_tasks(&graph)
+            .into_iter()
+            .map(|(id, deps)| (id, deps.iter().map(|d| d.id.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("app:build".to_string(), vec!["util:build"]),
+                ("app:e2e".to_string(), vec!["util:build", "app:build"]),
+            ]
+        );
+        assert_eq!(shell_word("@scope/lib:build"), "@scope/lib:build");
+        assert_eq!(shell_word("a b'c"), "'a b'\\''c'");
     }
 
     #[test]
