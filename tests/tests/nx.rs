@@ -269,10 +269,6 @@ fn start_run(fleet: &Fleet, execution: &str) {
 }
 
 /// `drover nx [FLAGS] -- ARGS` on the main job, with a read-only token for the replay.
-fn drover_nx(fleet: &Fleet, main: &Path, execution: &str, nx_args: &[&str]) -> Output {
-    drover_nx_with(fleet, main, execution, &[], nx_args)
-}
-
 fn drover_nx_with(
     fleet: &Fleet,
     main: &Path,
