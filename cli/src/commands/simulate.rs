@@ -85,15 +85,6 @@ fn fleets(agents: &str, sweep: &[u32]) -> Result<Vec<FleetSpec>, CliError> {
     Ok(out)
 }
 
-pub fn fleet_text(fleet: &FleetSpec) -> String {
-    fleet
-        .groups
-        .iter()
-        .map(|g| format!("{} {}:{}", g.count, g.template, g.slots))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 pub fn run(args: SimulateArgs) -> Result<u8, CliError> {
     let policy = sim::parse_policy(&args.policy, args.seed).ok_or_else(|| {
         CliError::Usage(format!(
@@ -126,7 +117,7 @@ pub fn run(args: SimulateArgs) -> Result<u8, CliError> {
             estimates: None,
         };
         let outcome = sim::simulate(&setup).map_err(|e| {
-            CliError::Input(format!("{graph_path} on `{}`: {e}", fleet_text(fleet)))
+            CliError::Input(format!("{graph_path} on `{}`: {e}", fleet.to_string()))
         })?;
         outcomes.push(outcome);
     }
@@ -148,7 +139,7 @@ pub fn run(args: SimulateArgs) -> Result<u8, CliError> {
             .map(|(o, f)| {
                 let mut v = outcome_json(o);
                 if fleets.len() > 1 {
-                    v["fleet"] = json!(fleet_text(f));
+                    v["fleet"] = json!(f.to_string());
                 }
                 v
             })
@@ -176,7 +167,7 @@ pub fn run(args: SimulateArgs) -> Result<u8, CliError> {
                 .sum();
             println!(
                 "{:<40} {:>7} {:>11.1}s {:>11.1}s {:>11.1}%",
-                fleet_text(f),
+                f.to_string(),
                 slots,
                 o.makespan.as_secs_f64(),
                 o.lower_bound.as_secs_f64(),

@@ -292,7 +292,7 @@ pub fn run(corpus: &Corpus, options: &Options) -> Result<Report, BenchError> {
 }
 
 fn run_case(case: &Case, options: &Options) -> Result<CaseResult, BenchError> {
-    let label = format!("{} on {}", case.name, spec_text(&case.fleet));
+    let label = format!("{} on {}", case.name, case.fleet.to_string());
     let exact = datasets::with_hints(&case.data.tasks, &case.data.durations, 0.0, 0);
     let once = |tasks: &[TaskSpec], policy: Policy| -> Result<u64, BenchError> {
         let setup = Setup {
@@ -336,7 +336,7 @@ fn run_case(case: &Case, options: &Options) -> Result<CaseResult, BenchError> {
         family: case.family.to_string(),
         case: case.name.clone(),
         tasks: case.data.tasks.len(),
-        fleet: spec_text(&case.fleet),
+        fleet: case.fleet.to_string(),
         slots: case
             .fleet
             .groups
@@ -356,15 +356,6 @@ fn run_case(case: &Case, options: &Options) -> Result<CaseResult, BenchError> {
         binning_ms: binning,
         random_ms: random / seeds,
     })
-}
-
-fn spec_text(fleet: &FleetSpec) -> String {
-    fleet
-        .groups
-        .iter()
-        .map(|g| format!("{} {}:{}", g.count, g.template, g.slots))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn geomean(ratios: impl Iterator<Item = f64>) -> f64 {
