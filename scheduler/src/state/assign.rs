@@ -34,7 +34,35 @@ impl Scheduler {
             self.free_agents = self.agents.keys().copied().collect();
             self.free_agents_seen = self.agents.len();
         }
-        let candidates: Vec<AgentId> = self.free_agents.iter().copied().collect();
+        // Passes over the free agents, least loaded first, one task per agent per pass: work
+        // spreads over machines instead of filling one while an identical one idles.
+        let mut idle_and_unserved: Vec<(String, Option<String>)> = Vec::new();
+        while self.ready_total > 0 && self.assign_pass(now, &mut idle_and_unserved) {}
+        #[cfg(debug_assertions)]
+        for a in self.agents.values() {
+            debug_assert!(
+                !a.can_take() || self.free_agents.contains(&a.id),
+                "agent {} has a free slot but is not in the free set",
+                a.id
+            );
+        }
+    }
+
+    /// One pass of [`assign`](Self::assign): every free agent, least loaded first, may take one
+    /// task. Returns whether another pass could grant more: an agent that took a task this pass
+    /// still has room (agents that found nothing will not find more as the ready set shrinks).
+    fn assign_pass(
+        &mut self,
+        now: Duration,
+        idle_and_unserved: &mut Vec<(String, Option<String>)>,
+    ) -> bool {
+        let mut candidates: Vec<AgentId> = self.free_agents.iter().copied().collect();
+        candidates.sort_by_key(|id| {
+            let load = self.agents.get(id).map_or(u64::MAX, |a| {
+                u64::from(a.running()) * 1_000_000 / u64::from(a.slots.max(1))
+            });
+            (load, *id)
+        });
         // Launch templates with a free slot now, and how many free agents each has.
         // (With one free agent there is no other template to leave work to.)
         let mut free_templates: Vec<(String, usize)> = Vec::new();
@@ -53,7 +81,7 @@ impl Scheduler {
                 }
             }
         }
-        let mut idle_and_unserved: Vec<(String, Option<String>)> = Vec::new();
+        let mut again = false;
         for id in candidates {
             let Some(agent) = self.agents.get(&id) else {
                 continue;
@@ -66,16 +94,16 @@ impl Scheduler {
             if kind.as_ref().is_some_and(|k| idle_and_unserved.contains(k)) {
                 continue;
             }
-            let mut granted = false;
             let mut avoided = false;
-            while self.ready_total > 0 && self.agents[&id].can_take() {
-                let Some((r, i)) = self.pick(id, &free_templates, &mut avoided) else {
-                    break;
-                };
-                self.grant(now, id, r, i);
-                granted = true;
-            }
+            let granted = match self.pick(id, &free_templates, &mut avoided) {
+                Some((r, i)) => {
+                    self.grant(now, id, r, i);
+                    true
+                }
+                None => false,
+            };
             let agent = &self.agents[&id];
+            again |= granted && agent.can_take();
             if !agent.can_take() {
                 if let Some(entry) = free_templates
                     .iter_mut()
@@ -96,14 +124,7 @@ impl Scheduler {
                 break;
             }
         }
-        #[cfg(debug_assertions)]
-        for a in self.agents.values() {
-            debug_assert!(
-                !a.can_take() || self.free_agents.contains(&a.id),
-                "agent {} has a free slot but is not in the free set",
-                a.id
-            );
-        }
+        again
     }
 
     /// Marks an agent as possibly able to take work (it connected, or a lease of it ended).

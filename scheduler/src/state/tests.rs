@@ -245,6 +245,29 @@ fn a_failure_skips_dependents_and_names_the_cause() {
 }
 
 #[test]
+fn work_spreads_over_agents_instead_of_filling_one() {
+    let mut h = Harness::new();
+    let run = h.simple_run("ci-1");
+    let a1 = h.agent("a1", "linux", 2, None);
+    let a2 = h.agent("a2", "linux", 2, None);
+    h.submit(&run, vec![t("x:build", &[]), t("y:build", &[])]);
+    let got = h.take_leases();
+    let mut agents: Vec<AgentId> = got.iter().map(|(a, _)| *a).collect();
+    agents.sort();
+    assert_eq!(
+        agents,
+        vec![a1, a2],
+        "one task on each idle agent, not two on the first"
+    );
+    // A freed slot on a busier agent loses to an idle one.
+    h.finish(&got[0], 0).unwrap();
+    h.submit(&run, vec![t("z:build", &[]), t("w:build", &[])]);
+    let next = h.take_leases();
+    assert_eq!(next.len(), 2);
+    assert_ne!(next[0].0, next[1].0, "{next:?}");
+}
+
+#[test]
 fn critical_path_goes_first() {
     let mut h = Harness::new();
     let run = h.simple_run("ci-1");
