@@ -116,9 +116,8 @@ pub fn run(args: SimulateArgs) -> Result<u8, CliError> {
             policy,
             estimates: None,
         };
-        let outcome = sim::simulate(&setup).map_err(|e| {
-            CliError::Input(format!("{graph_path} on `{}`: {e}", fleet.to_string()))
-        })?;
+        let outcome = sim::simulate(&setup)
+            .map_err(|e| CliError::Input(format!("{graph_path} on `{fleet}`: {e}")))?;
         outcomes.push(outcome);
     }
     if let Some(svg) = &args.svg {

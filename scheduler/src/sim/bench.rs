@@ -292,7 +292,7 @@ pub fn run(corpus: &Corpus, options: &Options) -> Result<Report, BenchError> {
 }
 
 fn run_case(case: &Case, options: &Options) -> Result<CaseResult, BenchError> {
-    let label = format!("{} on {}", case.name, case.fleet.to_string());
+    let label = format!("{} on {}", case.name, case.fleet);
     let exact = datasets::with_hints(&case.data.tasks, &case.data.durations, 0.0, 0);
     let once = |tasks: &[TaskSpec], policy: Policy| -> Result<u64, BenchError> {
         let setup = Setup {

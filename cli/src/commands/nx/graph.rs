@@ -1,0 +1,298 @@
+//! Nx's task graph as the main job sees it: asking Nx for it, reading its flags, and turning it
+//! into the tasks the agents run.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use drover_scheduler::TaskSpec;
+use drover_scheduler::graph::parse_graph_file;
+use serde_json::Value;
+
+use super::env::forwarded_nx_env;
+use super::replay::replay_invocations;
+use super::{NxArgs, exit_code};
+use crate::error::CliError;
+
+/// Asks the workspace's Nx for the task graph of the command: the graph, or Nx's exit code
+/// when Nx failed (its output is shown).
+pub(super) async fn ask_nx(nx: &[String], args: &NxArgs) -> Result<Result<Value, u8>, CliError> {
+    let shown = format!("{} {} --graph=stdout", args.nx, args.nx_args.join(" "));
+    eprintln!("drover: asking Nx for the task graph: {shown}");
+    let output = tokio::process::Command::new(&nx[0])
+        .args(&nx[1..])
+        .args(&args.nx_args)
+        .arg("--graph=stdout")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| CliError::Io(format!("cannot run `{}`: {e}", args.nx)))?;
+    if !output.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&output.stdout));
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        eprintln!("drover: `{shown}` failed ({})", output.status);
+        return Ok(Err(exit_code(output.status)));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let graph = extract_json(&stdout).ok_or_else(|| {
+        CliError::Io(format!(
+            "`{shown}` printed no task graph:\n{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    })?;
+    Ok(Ok(graph))
+}
+
+/// The tasks the agents run for an Nx graph, with the per-agent parallelism they got.
+pub(super) struct Prepared {
+    pub tasks: Vec<TaskSpec>,
+    pub parallel: u32,
+    pub continuous: usize,
+}
+
+/// Turns Nx's graph into tasks: the command's configuration on every task that has it, the
+/// command's parallelism, the forwarded `NX_*` environment, the configured Nx invocation, and
+/// with `--restore-dependency-outputs` a cache-hit run of the task's dependencies first.
+pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliError> {
+    if let Some(configuration) = flag_value(&args.nx_args, "--configuration", Some("-c")) {
+        apply_configuration(&mut graph, &configuration);
+    }
+    let continuous = count_continuous(&graph);
+    let parallel = parallelism(&args.nx_args, find_nx_json().as_deref());
+    let file = parse_graph_file("nx graph", &graph.to_string())
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    let env = forwarded_nx_env();
+    let restore: BTreeMap<String, String> = if args.restore_dependency_outputs {
+        restorable_tasks(&file.graph)
+            .into_iter()
+            .map(|(id, deps)| {
+                let steps: Vec<String> = replay_invocations(deps.into_iter())
+                    .into_iter()
+                    .map(|words| {
+                        let words: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
+                        format!("{} {}", args.nx, words.join(" "))
+                    })
+                    .collect();
+                (id, steps.join(" && "))
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let tasks = file
+        .graph
+        .tasks
+        .into_iter()
+        .map(|mut t| {
+            if let Some(rest) = t.command.strip_prefix("npx nx ") {
+                t.command = format!("{} {rest}", args.nx);
+            }
+            if let Some(steps) = restore.get(&t.id) {
+                t.command = format!("{steps} && {}", t.command);
+            }
+            t.parallelism = t.parallelism.or(Some(parallel));
+            for (k, v) in &env {
+                t.env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            t
+        })
+        .collect();
+    Ok(Prepared {
+        tasks,
+        parallel,
+        continuous,
+    })
+}
+
+/// The JSON object in Nx's output (anything Nx or npm printed around it is ignored).
+pub(super) fn extract_json(text: &str) -> Option<Value> {
+    let start = text.find('{')?;
+    let end = text.rfind('}')?;
+    serde_json::from_str(text.get(start..=end)?).ok()
+}
+
+/// The value of a flag in Nx's arguments: `--name=V`, `--name V`, `-c V`, `-c=V`; a bare flag
+/// gives `"true"`.
+pub(super) fn flag_value(args: &[String], long: &str, short: Option<&str>) -> Option<String> {
+    let mut found = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let names = std::iter::once(long).chain(short);
+        for name in names {
+            if let Some(v) = a.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+                found = Some(v.to_string());
+            } else if a == name {
+                found = match args.get(i + 1) {
+                    Some(next) if !next.starts_with('-') => {
+                        i += 1;
+                        Some(next.clone())
+                    }
+                    _ => Some("true".to_string()),
+                };
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+/// Per-agent parallelism: `--parallel` of the command, then nx.json's `parallel`, then 1.
+/// `--parallel` alone (or `true`) means nx.json's value or Nx's default of 3, `false` means 1.
+pub(super) fn parallelism(args: &[String], nx_json: Option<&Path>) -> u32 {
+    let from_nx_json = nx_json
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|v| match v.get("parallel") {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        })
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n > 0);
+    match flag_value(args, "--parallel", None).as_deref() {
+        Some("false") => 1,
+        Some("true") | Some("") => from_nx_json.unwrap_or(3),
+        Some(n) => n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .or(from_nx_json)
+            .unwrap_or(1),
+        None => from_nx_json.unwrap_or(1),
+    }
+}
+
+/// nx.json of the workspace this command runs in (here or above).
+pub(super) fn find_nx_json() -> Option<PathBuf> {
+    let mut dir = std::env::current_dir().ok()?;
+    loop {
+        let candidate = dir.join("nx.json");
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+        if !dir.pop() {
+            return None;
+        }
+    }
+}
+
+/// Nx's `--graph` output leaves out the `--configuration` of the command; the run itself uses
+/// it for every task whose target has that configuration. Renames those tasks
+/// (`app:build` -> `app:build:production`) everywhere in the graph.
+pub(super) fn apply_configuration(graph: &mut Value, configuration: &str) {
+    let nodes = graph.get("graph").and_then(|g| g.get("nodes")).cloned();
+    let has_configuration = |project: &str, target: &str| {
+        nodes
+            .as_ref()
+            .and_then(|n| n.get(project))
+            .and_then(|p| p.get("data"))
+            .and_then(|d| d.get("targets"))
+            .and_then(|t| t.get(target))
+            .and_then(|t| t.get("configurations"))
+            .and_then(|c| c.as_object())
+            .is_some_and(|c| c.contains_key(configuration))
+    };
+    let Some(tasks) = graph
+        .get_mut("tasks")
+        .and_then(|t| t.get_mut("tasks"))
+        .and_then(|t| t.as_object_mut())
+    else {
+        return;
+    };
+    let mut renamed: HashMap<String, String> = HashMap::new();
+    let old = std::mem::take(tasks);
+    for (id, mut task) in old {
+        let project = task["target"]["project"].as_str().unwrap_or("").to_string();
+        let target = task["target"]["target"].as_str().unwrap_or("").to_string();
+        let id = if !project.is_empty() && has_configuration(&project, &target) {
+            let new_id = format!("{project}:{target}:{configuration}");
+            task["id"] = Value::String(new_id.clone());
+            task["target"]["configuration"] = Value::String(configuration.to_string());
+            renamed.insert(id, new_id.clone());
+            new_id
+        } else {
+            id
+        };
+        tasks.insert(id, task);
+    }
+    let rename = |id: &str| renamed.get(id).cloned().unwrap_or_else(|| id.to_string());
+    for key in ["dependencies", "continuousDependencies"] {
+        let Some(map) = graph
+            .get_mut("tasks")
+            .and_then(|t| t.get_mut(key))
+            .and_then(|m| m.as_object_mut())
+        else {
+            continue;
+        };
+        let old = std::mem::take(map);
+        for (id, deps) in old {
+            let deps = match deps {
+                Value::Array(list) => Value::Array(
+                    list.into_iter()
+                        .map(|d| match d {
+                            Value::String(s) => Value::String(rename(&s)),
+                            other => other,
+                        })
+                        .collect(),
+                ),
+                other => other,
+            };
+            map.insert(rename(&id), deps);
+        }
+    }
+    if let Some(Value::Array(roots)) = graph.get_mut("tasks").and_then(|t| t.get_mut("roots")) {
+        for r in roots.iter_mut() {
+            if let Value::String(s) = r {
+                *s = rename(s);
+            }
+        }
+    }
+}
+
+pub(super) fn count_continuous(graph: &Value) -> usize {
+    graph
+        .get("tasks")
+        .and_then(|t| t.get("tasks"))
+        .and_then(|t| t.as_object())
+        .map_or(0, |tasks| {
+            tasks
+                .values()
+                .filter(|t| t.get("continuous").and_then(|c| c.as_bool()) == Some(true))
+                .count()
+        })
+}
+
+/// For each task whose dependencies are all (transitively) cacheable: those dependencies.
+/// Nx on the agent can take every one of them from the remote cache, outputs included,
+/// instead of running it again.
+pub(super) fn restorable_tasks(
+    graph: &drover_scheduler::TaskGraph,
+) -> BTreeMap<String, Vec<&TaskSpec>> {
+    let mut out = BTreeMap::new();
+    for (i, task) in graph.tasks.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<usize> = graph.deps[i].clone();
+        while let Some(d) = stack.pop() {
+            if seen.insert(d) {
+                stack.extend(graph.deps[d].iter().copied());
+            }
+        }
+        if !seen.is_empty() && seen.iter().all(|&d| graph.tasks[d].cache) {
+            out.insert(
+                task.id.clone(),
+                seen.iter().map(|&d| &graph.tasks[d]).collect(),
+            );
+        }
+    }
+    out
+}
+
+/// A word for `sh -c`, quoted where it needs to be.
+pub(super) fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=,@+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}

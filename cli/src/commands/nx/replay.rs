@@ -1,0 +1,222 @@
+//! Bringing the agents' work back to the main job: the remote cache the replay reads, the
+//! `nx run-many` invocations that replay exactly the succeeded tasks, and the output of the
+//! tasks no cache can replay.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use drover_proto::v1 as pb;
+use drover_scheduler::TaskSpec;
+use pb::run_service_client::RunServiceClient;
+
+use super::{NxArgs, exit_code};
+use crate::error::CliError;
+
+/// The cache the replay reads from, from the flags or the environment. Without one Nx would
+/// run every task again here, so that is an error unless the replay is off.
+pub(super) fn replay_cache(args: &NxArgs) -> Result<Option<(String, String)>, CliError> {
+    let env = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+    };
+    let server = args
+        .cache_server
+        .clone()
+        .or_else(|| env(&["NX_SELF_HOSTED_REMOTE_CACHE_SERVER", "DROVER_CACHE_URL"]));
+    let token = args.cache_token.clone().or_else(|| {
+        env(&[
+            "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN",
+            "DROVER_CACHE_READ_TOKEN",
+            "DROVER_CACHE_TOKEN",
+        ])
+    });
+    match (server, token) {
+        (Some(s), Some(t)) => Ok(Some((s.trim_end_matches('/').to_string(), t))),
+        _ if args.no_replay => Ok(None),
+        (None, _) => Err(CliError::Usage(
+            "drover nx replays the Nx command from the coordinator's remote cache: set NX_SELF_HOSTED_REMOTE_CACHE_SERVER (the coordinator's HTTP address) or pass --cache-server, or pass --no-replay".into(),
+        )),
+        (Some(_), None) => Err(CliError::Usage(
+            "no token for the remote cache: set NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN (a read-only token is enough) or pass --cache-token, or pass --no-replay".into(),
+        )),
+    }
+}
+
+/// Fails before anything runs when the replay could not read the cache: the agents' work
+/// would not come back, and Nx would quietly run everything again here.
+pub(super) async fn check_cache(server: &str, token: &str) -> Result<(), CliError> {
+    let url = format!("{server}/drover/cache/stats");
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| CliError::Io(format!("cannot reach the remote cache at {server}: {e}")))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    match status.as_u16() {
+        401 => Err(CliError::Usage(format!(
+            "the remote cache at {server} refused the token (401: {}); check NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN",
+            body.trim()
+        ))),
+        503 => Err(CliError::Usage(format!("{server}: {}", body.trim()))),
+        // Another Nx cache server (no Drover endpoints) is fine too.
+        _ => Ok(()),
+    }
+}
+
+/// `nx run-many` invocations that run exactly `tasks` and nothing else: one per
+/// configuration and set of projects, with every target those projects share.
+pub(super) fn replay_invocations<'a>(
+    tasks: impl Iterator<Item = &'a TaskSpec>,
+) -> Vec<Vec<String>> {
+    // (configuration, target) -> projects
+    let mut by_target: BTreeMap<(Option<String>, String), BTreeSet<String>> = BTreeMap::new();
+    for t in tasks {
+        by_target
+            .entry((t.configuration.clone(), t.target.clone()))
+            .or_default()
+            .insert(t.project.clone());
+    }
+    // (configuration, projects) -> targets
+    let mut groups: BTreeMap<(Option<String>, Vec<String>), Vec<String>> = BTreeMap::new();
+    for ((configuration, target), projects) in by_target {
+        groups
+            .entry((configuration, projects.into_iter().collect()))
+            .or_default()
+            .push(target);
+    }
+    groups
+        .into_iter()
+        .map(|((configuration, projects), targets)| {
+            let mut args = vec![
+                "run-many".to_string(),
+                format!("--targets={}", targets.join(",")),
+                format!("--projects={}", projects.join(",")),
+            ];
+            if let Some(c) = configuration {
+                args.push(format!("--configuration={c}"));
+            }
+            args.push("--excludeTaskDependencies".to_string());
+            args
+        })
+        .collect()
+}
+
+/// Prints the agents' output of tasks no cache can replay, under a header per task.
+pub(super) async fn print_outputs(
+    channel: tonic::transport::Channel,
+    run_id: &str,
+    submission: u64,
+    tasks: &[&TaskSpec],
+    summaries: &[pb::TaskSummary],
+) {
+    let wanted: HashMap<&str, u32> = tasks
+        .iter()
+        .map(|t| {
+            let attempt = summaries
+                .iter()
+                .find(|s| s.task_id == t.id)
+                .map_or(0, |s| s.attempts);
+            (t.id.as_str(), attempt)
+        })
+        .collect();
+    let mut client = RunServiceClient::new(channel);
+    let request = pb::WatchRunRequest {
+        run_id: run_id.to_string(),
+        submission_id: submission,
+        from_seq: 1,
+        all_output: true,
+        ci_execution_id: String::new(),
+    };
+    let mut output: HashMap<String, Vec<u8>> = HashMap::new();
+    let collect = async {
+        let mut stream = client.watch_run(request).await?.into_inner();
+        while let Some(event) = stream.message().await? {
+            match event.event {
+                Some(pb::run_event::Event::TaskOutput(o)) => {
+                    if let Some(&attempt) = wanted.get(o.task_id.as_str())
+                        && (attempt == 0 || o.attempt == attempt)
+                    {
+                        output.entry(o.task_id).or_default().extend(o.data);
+                    }
+                }
+                Some(pb::run_event::Event::SubmissionDone(_)) => break,
+                _ => {}
+            }
+        }
+        Ok::<(), tonic::Status>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(30), collect).await {
+        Ok(Ok(())) => {}
+        Ok(Err(status)) => {
+            eprintln!(
+                "drover: could not fetch the output of non-cacheable tasks: {}",
+                status.message()
+            );
+        }
+        Err(_) => eprintln!("drover: gave up fetching the output of non-cacheable tasks"),
+    }
+    use std::io::Write as _;
+    let mut out = std::io::stdout();
+    for t in tasks {
+        let agent = summaries
+            .iter()
+            .find(|s| s.task_id == t.id)
+            .map_or("", |s| s.agent.as_str());
+        let _ = writeln!(
+            out,
+            "\n> {} (not cacheable: its output as it ran on {agent})\n",
+            t.id
+        );
+        if let Some(bytes) = output.get(&t.id) {
+            let _ = out.write_all(bytes);
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Replays on the main job from the remote cache: the same Nx command when every task
+/// succeeded and is cacheable (all hits; the exit code is Nx's), else `nx run-many` over exactly
+/// the succeeded cacheable tasks. Returns the first failing exit code, or 0.
+pub(super) async fn replay(
+    args: &NxArgs,
+    nx: &[String],
+    cache: Option<&(String, String)>,
+    tasks: &[TaskSpec],
+    succeeded: &BTreeSet<&str>,
+    all_succeeded: bool,
+) -> Result<u8, CliError> {
+    let invocations: Vec<Vec<String>> = if all_succeeded && tasks.iter().all(|t| t.cache) {
+        vec![args.nx_args.clone()]
+    } else {
+        replay_invocations(
+            tasks
+                .iter()
+                .filter(|t| t.cache && succeeded.contains(t.id.as_str())),
+        )
+    };
+    let mut replay_code = 0;
+    for nx_args in invocations {
+        let line = format!("{} {}", args.nx, nx_args.join(" "));
+        eprintln!("drover: replaying on the main job from the remote cache: {line}");
+        let mut cmd = tokio::process::Command::new(&nx[0]);
+        cmd.args(&nx[1..])
+            .args(&nx_args)
+            .stdin(std::process::Stdio::null());
+        if let Some((server, token)) = cache {
+            cmd.env("NX_SELF_HOSTED_REMOTE_CACHE_SERVER", server)
+                .env("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN", token);
+        }
+        let status = cmd
+            .status()
+            .await
+            .map_err(|e| CliError::Io(format!("cannot run `{line}`: {e}")))?;
+        if !status.success() && replay_code == 0 {
+            replay_code = exit_code(status);
+        }
+    }
+    Ok(replay_code)
+}

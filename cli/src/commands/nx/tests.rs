@@ -1,0 +1,178 @@
+//! Unit tests of `drover nx`.
+
+use super::env::*;
+use super::graph::*;
+use super::replay::*;
+use drover_scheduler::TaskSpec;
+use serde_json::Value;
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn flags_in_every_spelling() {
+    let a = args(&["affected", "-t", "build", "--parallel=2", "-c", "ci"]);
+    assert_eq!(flag_value(&a, "--parallel", None).as_deref(), Some("2"));
+    assert_eq!(
+        flag_value(&a, "--configuration", Some("-c")).as_deref(),
+        Some("ci")
+    );
+    let a = args(&["run-many", "--parallel", "4", "--configuration=production"]);
+    assert_eq!(flag_value(&a, "--parallel", None).as_deref(), Some("4"));
+    assert_eq!(
+        flag_value(&a, "--configuration", Some("-c")).as_deref(),
+        Some("production")
+    );
+    let a = args(&["run-many", "--parallel", "--verbose"]);
+    assert_eq!(flag_value(&a, "--parallel", None).as_deref(), Some("true"));
+    assert_eq!(flag_value(&a, "--configuration", Some("-c")), None);
+}
+
+#[test]
+fn parallelism_comes_from_the_command_then_nx_json_then_one() {
+    let dir = std::env::temp_dir().join(format!("drover-nx-par-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let nx_json = dir.join("nx.json");
+    std::fs::write(&nx_json, r#"{"parallel": 5}"#).unwrap();
+    assert_eq!(
+        parallelism(&args(&["run-many", "--parallel=2"]), Some(&nx_json)),
+        2
+    );
+    assert_eq!(parallelism(&args(&["run-many"]), Some(&nx_json)), 5);
+    assert_eq!(
+        parallelism(&args(&["run-many", "--parallel"]), Some(&nx_json)),
+        5
+    );
+    assert_eq!(parallelism(&args(&["run-many", "--parallel"]), None), 3);
+    assert_eq!(
+        parallelism(&args(&["run-many", "--parallel=false"]), None),
+        1
+    );
+    assert_eq!(parallelism(&args(&["run-many"]), None), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_command_configuration_renames_tasks_whose_target_has_it() {
+    let mut g: Value = serde_json::from_str(
+        r#"{"graph": {"nodes": {
+            "app": {"data": {"targets": {"build": {"configurations": {"production": {}}}, "test": {"configurations": {}}}}},
+            "lib": {"data": {"targets": {"build": {"configurations": {"production": {}}}}}}
+        }}, "tasks": {
+            "roots": ["lib:build"],
+            "tasks": {
+                "app:build": {"id": "app:build", "target": {"project": "app", "target": "build"}},
+                "app:test": {"id": "app:test", "target": {"project": "app", "target": "test"}},
+                "lib:build": {"id": "lib:build", "target": {"project": "lib", "target": "build"}}
+            },
+            "dependencies": {"app:build": ["lib:build"], "app:test": ["app:build"], "lib:build": []},
+            "continuousDependencies": {}
+        }}"#,
+    )
+    .unwrap();
+    apply_configuration(&mut g, "production");
+    let tasks = g["tasks"]["tasks"].as_object().unwrap();
+    let mut ids: Vec<&String> = tasks.keys().collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["app:build:production", "app:test", "lib:build:production"]
+    );
+    assert_eq!(
+        g["tasks"]["dependencies"]["app:build:production"][0],
+        "lib:build:production"
+    );
+    assert_eq!(
+        g["tasks"]["dependencies"]["app:test"][0],
+        "app:build:production"
+    );
+    assert_eq!(g["tasks"]["roots"][0], "lib:build:production");
+    assert_eq!(
+        tasks["app:build:production"]["target"]["configuration"],
+        "production"
+    );
+}
+
+#[test]
+fn replay_runs_exactly_the_given_tasks() {
+    let t = |id: &str| TaskSpec::new(id, "x");
+    let tasks = [
+        t("a:build:production"),
+        t("b:build:production"),
+        t("a:test"),
+        t("b:test"),
+        t("a:lint"),
+        t("b:lint"),
+        t("c:lint"),
+    ];
+    let got = replay_invocations(tasks.iter());
+    assert_eq!(
+        got,
+        vec![
+            args(&[
+                "run-many",
+                "--targets=test",
+                "--projects=a,b",
+                "--excludeTaskDependencies"
+            ]),
+            args(&[
+                "run-many",
+                "--targets=lint",
+                "--projects=a,b,c",
+                "--excludeTaskDependencies"
+            ]),
+            args(&[
+                "run-many",
+                "--targets=build",
+                "--projects=a,b",
+                "--configuration=production",
+                "--excludeTaskDependencies"
+            ]),
+        ]
+    );
+}
+
+#[test]
+fn dependency_outputs_are_restored_only_where_every_dependency_is_cacheable() {
+    let mut gen_ = TaskSpec::new("lib:gen", "x");
+    gen_.cache = false;
+    let mut lib_build = TaskSpec::new("lib:build", "x");
+    lib_build.depends_on = vec!["lib:gen".into()];
+    let util = TaskSpec::new("util:build", "x");
+    let mut app = TaskSpec::new("app:build", "x");
+    app.depends_on = vec!["util:build".into()];
+    let mut e2e = TaskSpec::new("app:e2e", "x");
+    e2e.cache = false;
+    e2e.depends_on = vec!["app:build".into()];
+    let mut web = TaskSpec::new("web:build", "x");
+    web.depends_on = vec!["lib:build".into(), "util:build".into()];
+    let graph =
+        drover_scheduler::TaskGraph::new(vec![gen_, lib_build, util, app, e2e, web]).unwrap();
+    let got: Vec<(String, Vec<&str>)> = restorable_tasks(&graph)
+        .into_iter()
+        .map(|(id, deps)| (id, deps.iter().map(|d| d.id.as_str()).collect()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("app:build".to_string(), vec!["util:build"]),
+            ("app:e2e".to_string(), vec!["util:build", "app:build"]),
+        ]
+    );
+    assert_eq!(shell_word("@scope/lib:build"), "@scope/lib:build");
+    assert_eq!(shell_word("a b'c"), "'a b'\\''c'");
+}
+
+#[test]
+fn nx_variables_that_would_break_agents_stay_home() {
+    assert!(forwards_nx_var("NX_BASE"));
+    assert!(forwards_nx_var("NX_VERBOSE_LOGGING"));
+    assert!(forwards_nx_var("NX_NO_CLOUD"));
+    assert!(!forwards_nx_var("NX_CACHE_DIRECTORY"));
+    assert!(!forwards_nx_var("NX_DAEMON"));
+    assert!(!forwards_nx_var("NX_WORKSPACE_ROOT"));
+    assert!(!forwards_nx_var("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN"));
+    assert!(!forwards_nx_var("NX_TASK_TARGET_PROJECT"));
+    assert!(!forwards_nx_var("PATH"));
+}
