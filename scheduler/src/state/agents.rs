@@ -83,9 +83,7 @@ impl Scheduler {
         {
             self.stop_agent(id, run_over_reason(&self.runs[r].id, success));
         }
-        for run in &mut self.runs {
-            run.waiting_reported.clear();
-        }
+        self.runs.for_each_mut(|run| run.waiting_reported.clear());
         self.agent_may_take(id);
         self.assign(now);
         Ok(id)

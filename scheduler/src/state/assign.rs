@@ -140,9 +140,11 @@ impl Scheduler {
         free_templates: &[(String, usize)],
         avoided: &mut bool,
     ) -> Option<(usize, usize)> {
-        let n = self.runs.len();
-        for k in 0..n {
-            let r = (self.next_run_turn + k) % n;
+        // The live runs, starting at the cursor and wrapping around.
+        let live = self.runs.live().len();
+        let start = self.runs.live_from(self.next_run_turn);
+        for k in 0..live {
+            let r = self.runs.live()[(start + k) % live];
             if self.runs[r].ready_count == 0
                 || self.runs[r].stopping.is_some()
                 || !serves(&self.by_execution, &self.agents[&agent_id], r)
@@ -150,7 +152,7 @@ impl Scheduler {
                 continue;
             }
             if let Some(i) = self.pick_in_run(agent_id, r, free_templates, avoided) {
-                self.next_run_turn = (r + 1) % n;
+                self.next_run_turn = (r + 1) % self.runs.len();
                 return Some((r, i));
             }
         }
@@ -344,7 +346,8 @@ impl Scheduler {
 
     /// Reports, once per class, ready tasks that no connected agent may run.
     pub(super) fn report_waiting(&mut self) {
-        for r in 0..self.runs.len() {
+        for k in 0..self.runs.live().len() {
+            let r = self.runs.live()[k];
             if self.runs[r].ready_count == 0 || !self.runs[r].is_active() {
                 continue;
             }

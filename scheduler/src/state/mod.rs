@@ -9,8 +9,12 @@ mod bins;
 mod lifecycle;
 mod ready;
 mod restore;
+mod retention;
+#[cfg(test)]
+mod retention_tests;
 mod run;
 mod runs;
+mod slots;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -25,6 +29,7 @@ pub use types::*;
 use agent::{Agent, Group};
 use ready::{Class, Entry, Key};
 use run::{Phase, Run, Submission, TaskState};
+use slots::Runs;
 
 use crate::duration::format_duration;
 use crate::estimate::Estimates;
@@ -130,7 +135,8 @@ pub struct RunView {
 /// The scheduler: runs, agents, leases.
 pub struct Scheduler {
     config: Config,
-    runs: Vec<Run>,
+    /// Runs by index; a forgotten run leaves a tombstone so indices never shift.
+    runs: Runs,
     run_index: HashMap<String, usize>,
     /// The newest run of each CI execution id.
     by_execution: HashMap<String, usize>,
@@ -158,7 +164,7 @@ impl Scheduler {
     pub fn new(config: Config) -> Self {
         Scheduler {
             config,
-            runs: Vec::new(),
+            runs: Runs::default(),
             run_index: HashMap::new(),
             by_execution: HashMap::new(),
             agents: BTreeMap::new(),

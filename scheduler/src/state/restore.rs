@@ -185,14 +185,15 @@ impl Scheduler {
                             .push(format!("run {run_id} was opened twice"));
                         continue;
                     }
-                    let r = self.runs.len();
-                    if spec.stop_on_failure {
+                    let stops = spec.stop_on_failure;
+                    spec.stop_on_failure = false;
+                    let exec = spec.ci_execution_id.clone();
+                    let r = self.runs.push(Run::new(run_id.clone(), spec));
+                    if stops {
                         stops_on_failure.insert(r);
-                        spec.stop_on_failure = false;
                     }
-                    self.run_index.insert(run_id.clone(), r);
-                    self.by_execution.insert(spec.ci_execution_id.clone(), r);
-                    self.runs.push(Run::new(run_id, spec));
+                    self.run_index.insert(run_id, r);
+                    self.by_execution.insert(exec, r);
                     report.runs += 1;
                 }
                 Replay::Submit { run_id, tasks } => {

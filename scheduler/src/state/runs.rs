@@ -19,11 +19,10 @@ impl Scheduler {
                 return Ok((run.id.clone(), true));
             }
         }
-        let index = self.runs.len();
+        let exec = spec.ci_execution_id.clone();
+        let index = self.runs.push(Run::new(run_id.clone(), spec));
         self.run_index.insert(run_id.clone(), index);
-        self.by_execution
-            .insert(spec.ci_execution_id.clone(), index);
-        self.runs.push(Run::new(run_id.clone(), spec));
+        self.by_execution.insert(exec, index);
         self.assign(now);
         Ok((run_id, false))
     }

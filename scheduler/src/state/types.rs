@@ -254,6 +254,8 @@ pub enum SchedError {
     UnknownRun(String),
     #[error("run `{0}` has already ended")]
     RunEnded(String),
+    #[error("run `{0}` has not ended; only a run that ended can be forgotten")]
+    RunActive(String),
     #[error(transparent)]
     Graph(#[from] GraphError),
     #[error("{0}")]
