@@ -2,6 +2,8 @@
 //! feeds them to the scheduler with the current time, then carries out the scheduler's actions:
 //! leases, cancels and stops go to agent streams, run events go to the run logs and watchers.
 
+mod retention;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,6 +23,9 @@ use crate::error::CoordError;
 use crate::persist::Store;
 use crate::runlog::{Filter, RunLog, WATCHER_QUEUE};
 use crate::store::DurationStore;
+
+pub use retention::Retention;
+use retention::unix_ms;
 
 pub type AgentTx = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
 pub type WatchRx = mpsc::Receiver<Result<pb::RunEvent, Status>>;
@@ -146,6 +151,9 @@ pub struct Actor {
     outbox: Vec<Action>,
     /// Results that arrived under a lease no longer active (revoked or unknown).
     results_refused: u64,
+    retention: Retention,
+    /// Runs forgotten by run retention since the process started.
+    runs_forgotten: u64,
     next_run: u64,
     tasks_finished: HashMap<&'static str, u64>,
     lease_env: Vec<(String, String)>,
@@ -157,10 +165,23 @@ const TICK: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 512;
 
 impl Actor {
-    pub fn new(config: Config, data_dir: PathBuf) -> Result<(Actor, Handle), CoordError> {
+    pub fn new(
+        config: Config,
+        data_dir: PathBuf,
+        retention: Retention,
+    ) -> Result<(Actor, Handle), CoordError> {
         let (tx, rx) = mpsc::channel(1024);
-        let (store, loaded) =
-            Store::open(&data_dir, |req| run_spec(req).map_err(|e| e.to_string()))?;
+        let (store, loaded) = Store::open(
+            &data_dir,
+            |req| run_spec(req).map_err(|e| e.to_string()),
+            retention.cutoff(SystemTime::now()),
+        )?;
+        if !loaded.forgotten.is_empty() {
+            tracing::info!(
+                runs = loaded.forgotten.len(),
+                "deleted runs that ended longer ago than the run retention"
+            );
+        }
         let mut durations = DurationStore::open(data_dir)?;
         let mut sched = Scheduler::new(config);
         sched.set_estimates(durations.load());
@@ -188,7 +209,7 @@ impl Actor {
         for run in sched.run_views() {
             logs.entry(run.id).or_default();
         }
-        let actor = Actor {
+        let mut actor = Actor {
             sched,
             epoch,
             logs,
@@ -198,10 +219,13 @@ impl Actor {
             store,
             outbox: Vec::new(),
             results_refused: 0,
+            retention,
+            runs_forgotten: loaded.forgotten.len() as u64,
             next_run: loaded.next_run,
             tasks_finished: HashMap::new(),
             lease_env: Vec::new(),
         };
+        actor.note_end_times();
         Ok((actor, Handle { tx }))
     }
 
@@ -220,6 +244,10 @@ impl Actor {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first sweep comes at once: runs that passed the retention while the coordinator
+        // was down go now.
+        let mut sweep = tokio::time::interval(self.retention.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -242,6 +270,7 @@ impl Actor {
                     self.collect();
                     self.durations.save_if_due(self.sched.estimates(), now);
                 }
+                _ = sweep.tick() => self.sweep_ended_runs(),
                 _ = &mut shutdown => break,
             }
             self.commit();
@@ -260,13 +289,17 @@ impl Actor {
         for action in actions {
             match action {
                 Action::Run { run_id, event } => {
-                    if let drover_scheduler::RunEvent::TaskFinished(f) = &event
-                        && !f.retrying
-                    {
-                        *self
-                            .tasks_finished
-                            .entry(status_label(f.status))
-                            .or_default() += 1;
+                    match &event {
+                        drover_scheduler::RunEvent::TaskFinished(f) if !f.retrying => {
+                            *self
+                                .tasks_finished
+                                .entry(status_label(f.status))
+                                .or_default() += 1;
+                        }
+                        drover_scheduler::RunEvent::RunDone { .. } => {
+                            self.store.run_ended(&run_id, unix_ms(SystemTime::now()));
+                        }
+                        _ => {}
                     }
                     let (event, submissions) = event_to_proto(event);
                     let event = pb::RunEvent {
@@ -576,9 +609,13 @@ impl Actor {
         }
     }
 
+    /// The id of a run the scheduler knows (a forgotten run is unknown).
     fn resolve(&self, run: &RunRef) -> Result<String, CoordError> {
         match run {
-            RunRef::Id(id) => Ok(id.clone()),
+            RunRef::Id(id) if self.sched.has_run(id) => Ok(id.clone()),
+            RunRef::Id(id) => {
+                Err(drover_scheduler::state::SchedError::UnknownRun(id.clone()).into())
+            }
             RunRef::Execution(exec) => self
                 .sched
                 .run_for_execution(exec)
@@ -647,6 +684,10 @@ impl Actor {
         out.push_str(&format!(
             "# HELP drover_results_refused_total Results refused because their lease was revoked or unknown.\n# TYPE drover_results_refused_total counter\ndrover_results_refused_total {}\n",
             self.results_refused
+        ));
+        out.push_str(&format!(
+            "# HELP drover_runs_forgotten_total Ended runs forgotten because they ended longer ago than the run retention.\n# TYPE drover_runs_forgotten_total counter\ndrover_runs_forgotten_total {}\n",
+            self.runs_forgotten
         ));
         out
     }

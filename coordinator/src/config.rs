@@ -20,6 +20,11 @@ pub struct CoordinatorConfig {
     pub reconnect_grace: Duration,
     /// A task whose agent is lost this many times fails.
     pub max_lost_attempts: u32,
+    /// Runs that ended longer ago than this are forgotten (memory and store); `None` keeps
+    /// them forever.
+    pub run_retention: Option<Duration>,
+    /// How often ended runs are checked against the retention.
+    pub retention_sweep_interval: Duration,
     /// Nx's remote cache on the HTTP port: storage, tokens, limits, eviction.
     pub cache: CacheConfig,
 }
@@ -34,6 +39,8 @@ impl CoordinatorConfig {
             lease_timeout: Duration::from_secs(10),
             reconnect_grace: Duration::from_secs(10),
             max_lost_attempts: 3,
+            run_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_sweep_interval: Duration::from_secs(60),
             cache: CacheConfig::default(),
         }
     }

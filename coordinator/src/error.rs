@@ -36,7 +36,9 @@ impl From<CoordError> for tonic::Status {
             CoordError::Sched(SchedError::UnknownRun(_)) | CoordError::NoRunForExecution(_) => {
                 tonic::Status::not_found(msg)
             }
-            CoordError::Sched(SchedError::RunEnded(_)) => tonic::Status::failed_precondition(msg),
+            CoordError::Sched(SchedError::RunEnded(_) | SchedError::RunActive(_)) => {
+                tonic::Status::failed_precondition(msg)
+            }
             CoordError::Sched(_) | CoordError::InvalidArgument(_) => {
                 tonic::Status::invalid_argument(msg)
             }

@@ -29,7 +29,7 @@ pub use config::CoordinatorConfig;
 pub use convert::task_to_proto;
 pub use error::CoordError;
 
-use actor::{Actor, Handle};
+use actor::{Actor, Handle, Retention};
 use service::admin::AdminSvc;
 use service::agent::AgentSvc;
 use service::run::RunSvc;
@@ -73,7 +73,11 @@ impl Coordinator {
             addr: config.http_listen.to_string(),
             source,
         })?;
-        let (actor, handle) = Actor::new(sched_config, config.data_dir)?;
+        let retention = Retention {
+            keep: config.run_retention,
+            sweep_interval: config.retention_sweep_interval,
+        };
+        let (actor, handle) = Actor::new(sched_config, config.data_dir, retention)?;
         let actor = actor.with_lease_env(cache::lease_env(&config.cache, http_addr));
         Ok(Coordinator {
             grpc,

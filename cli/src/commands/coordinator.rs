@@ -35,6 +35,13 @@ pub struct CoordinatorArgs {
     /// A task whose agent is lost (silent or gone) this many times fails with that reason.
     #[arg(long, env = "DROVER_MAX_LOST_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_lost_attempts: u32,
+    /// Runs that ended (succeeded or failed) longer ago than this are forgotten, in memory and
+    /// in the data dir; `0` keeps every run forever. Active runs are always kept.
+    #[arg(long, env = "DROVER_RUN_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub run_retention: Duration,
+    /// How often ended runs are checked against the run retention.
+    #[arg(long, env = "DROVER_RETENTION_SWEEP_INTERVAL", default_value = "1m", value_parser = parse_positive_duration, hide = true)]
+    pub retention_sweep_interval: Duration,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -120,12 +127,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     drover_scheduler::duration::parse_duration(s)
 }
 
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("`{s}` must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
 pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     let mut config = CoordinatorConfig::new(args.listen, args.http_listen, args.data_dir);
     config.heartbeat_interval = args.heartbeat_interval;
     config.lease_timeout = args.lease_timeout;
     config.reconnect_grace = args.reconnect_grace.unwrap_or(args.lease_timeout);
     config.max_lost_attempts = args.max_lost_attempts;
+    config.run_retention = (!args.run_retention.is_zero()).then_some(args.run_retention);
+    config.retention_sweep_interval = args.retention_sweep_interval;
     config.cache = args.cache.config();
     let coordinator = Coordinator::bind(config).await?;
     // Tests and scripts read this line to find the ports.

@@ -7,7 +7,7 @@
 //!
 //! What is stored, and how a restart uses it:
 //! - `runs`, `run_requests`: each run's `StartRunRequest` as the main job sent it (rules
-//!   included) and when it was completed;
+//!   included), when it was completed and when it ended (wall clock, for run retention);
 //! - `submissions`: every graph submitted to a run;
 //! - `tasks`: each task's latest [`TaskRecord`] (status, attempts, failures, its lease);
 //! - `agents`: who each agent is, to recognise it when it reconnects and reports its leases;
@@ -15,6 +15,10 @@
 //!   resumes its watch from the last number it saw;
 //! - `meta`: the next ids (run, agent, lease, fencing token) and the write counter that orders
 //!   everything above for the replay.
+//!
+//! Run retention: [`Store::forget`] deletes every row of a run (range deletes on the
+//! run-prefixed keys) in the next commit, and [`Store::open`] deletes the runs that ended before
+//! a cutoff before reading anything, so an old store shrinks on the first start.
 
 mod rows;
 
@@ -27,7 +31,9 @@ use drover_scheduler::state::{
     Action, AgentRecord, Counters, Replay, Restore, RunEvent, Scheduler,
 };
 use prost::Message;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 use crate::error::CoordError;
 use rows::{RunRow, StoredEvent, SubmissionRow, TaskRow};
@@ -52,6 +58,8 @@ pub struct Loaded {
     /// Each run's events in sequence order, with the submissions they belong to.
     pub logs: HashMap<String, Vec<(pb::RunEvent, Vec<u64>)>>,
     pub next_run: u64,
+    /// Runs that had ended before the cutoff given to [`Store::open`]: deleted, not loaded.
+    pub forgotten: Vec<String>,
     /// Records that could not be read; the restart goes on without them.
     pub problems: Vec<String>,
 }
@@ -67,6 +75,8 @@ struct Batch {
     tasks: BTreeMap<(String, String), u64>,
     agents: Vec<(u64, Vec<u8>)>,
     events: Vec<(String, u64, Vec<u8>)>,
+    /// Runs whose rows are deleted, after everything above is written.
+    forget: Vec<String>,
 }
 
 impl Batch {
@@ -77,6 +87,7 @@ impl Batch {
             && self.tasks.is_empty()
             && self.agents.is_empty()
             && self.events.is_empty()
+            && self.forget.is_empty()
     }
 }
 
@@ -98,10 +109,13 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> CoordError {
 }
 
 impl Store {
-    /// Opens (or creates) the store under `data_dir` and reads everything in it.
+    /// Opens (or creates) the store under `data_dir` and reads everything in it, except the
+    /// runs that ended before `forget_ended_before` (milliseconds since the Unix epoch): those
+    /// are deleted first and listed in [`Loaded::forgotten`].
     pub fn open(
         data_dir: &Path,
         run_spec: impl Fn(pb::StartRunRequest) -> Result<drover_scheduler::state::RunSpec, String>,
+        forget_ended_before: Option<u64>,
     ) -> Result<(Store, Loaded), CoordError> {
         std::fs::create_dir_all(data_dir).map_err(|source| CoordError::DataDir {
             path: data_dir.display().to_string(),
@@ -118,7 +132,7 @@ impl Store {
             batch: Batch::default(),
         };
         let loaded = store
-            .load(run_spec)
+            .load(run_spec, forget_ended_before)
             .map_err(|e| store_error(&store.path, e))?;
         Ok((store, loaded))
     }
@@ -126,9 +140,12 @@ impl Store {
     fn load(
         &mut self,
         run_spec: impl Fn(pb::StartRunRequest) -> Result<drover_scheduler::state::RunSpec, String>,
+        forget_ended_before: Option<u64>,
     ) -> Result<Loaded, redb::Error> {
+        let mut loaded = Loaded::default();
         // Create the tables on first use, so that reading finds them.
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
         {
             let mut meta = txn.open_table(META)?;
             if meta.get("schema")?.is_none() {
@@ -141,9 +158,12 @@ impl Store {
             txn.open_table(AGENTS)?;
             txn.open_table(EVENTS)?;
         }
+        if let Some(cutoff) = forget_ended_before {
+            loaded.forgotten = runs_ended_before(&txn, cutoff)?;
+            delete_runs(&txn, &loaded.forgotten)?;
+        }
         txn.commit()?;
 
-        let mut loaded = Loaded::default();
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |key: &str| -> Result<u64, redb::Error> {
@@ -265,6 +285,7 @@ impl Store {
             RunRow {
                 version,
                 completed: None,
+                ended_at_ms: None,
             },
         );
         self.batch.runs.push(run_id.to_string());
@@ -297,6 +318,35 @@ impl Store {
             row.completed = Some(version);
             self.batch.runs.push(run_id.to_string());
         }
+    }
+
+    /// The run ended at `at_ms` (milliseconds since the Unix epoch); a run keeps the first
+    /// time noted.
+    pub fn run_ended(&mut self, run_id: &str, at_ms: u64) {
+        if let Some(row) = self.runs.get_mut(run_id)
+            && row.ended_at_ms.is_none()
+        {
+            row.ended_at_ms = Some(at_ms);
+            self.batch.runs.push(run_id.to_string());
+        }
+    }
+
+    /// The runs that ended before `cutoff_ms` (milliseconds since the Unix epoch).
+    pub fn ended_before(&self, cutoff_ms: u64) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(_, row)| row.ended_at_ms.is_some_and(|at| at < cutoff_ms))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Deletes every row of a run in the next commit (after whatever that commit writes).
+    pub fn forget(&mut self, run_id: &str) {
+        self.runs.remove(run_id);
+        self.batch.forget.push(run_id.to_string());
     }
 
     pub fn agent(&mut self, record: &AgentRecord) {
@@ -400,9 +450,50 @@ impl Store {
                 events.insert((id.as_str(), *seq), bytes.as_slice())?;
             }
         }
+        delete_runs(&txn, &batch.forget)?;
         txn.commit()?;
         Ok(())
     }
+}
+
+/// The runs whose stored row says they ended before `cutoff_ms`.
+fn runs_ended_before(txn: &WriteTransaction, cutoff_ms: u64) -> Result<Vec<String>, redb::Error> {
+    let mut ids = Vec::new();
+    for entry in txn.open_table(RUNS)?.iter()? {
+        let (id, row) = entry?;
+        let ended = serde_json::from_slice::<RunRow>(row.value())
+            .ok()
+            .and_then(|row| row.ended_at_ms);
+        if ended.is_some_and(|at| at < cutoff_ms) {
+            ids.push(id.value().to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// Deletes every row of these runs: one key each in `runs` and `run_requests`, a key range
+/// each in `submissions`, `tasks` and `events`.
+fn delete_runs(txn: &WriteTransaction, ids: &[String]) -> Result<(), redb::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut runs = txn.open_table(RUNS)?;
+    let mut requests = txn.open_table(RUN_REQUESTS)?;
+    let mut submissions = txn.open_table(SUBMISSIONS)?;
+    let mut tasks = txn.open_table(TASKS)?;
+    let mut events = txn.open_table(EVENTS)?;
+    for id in ids {
+        let id = id.as_str();
+        runs.remove(id)?;
+        requests.remove(id)?;
+        submissions.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+        events.retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+        // Every `(id, task)` key sorts below `(id + "\0", "")`, and no other run's key falls in
+        // between: `id + "\0"` is the smallest string greater than `id`.
+        let after = format!("{id}\0");
+        tasks.retain_in((id, "")..(after.as_str(), ""), |_, _| false)?;
+    }
+    Ok(())
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {

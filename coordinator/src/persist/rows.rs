@@ -6,12 +6,16 @@ use drover_scheduler::TaskSpec;
 use drover_scheduler::state::TaskRecord;
 use serde::{Deserialize, Serialize};
 
-/// A run: when it was opened and when the main job completed it, in write-counter order.
+/// A run: when it was opened and when the main job completed it, in write-counter order, and
+/// when it ended, by the wall clock (run retention counts from then).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRow {
     pub version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed: Option<u64>,
+    /// Milliseconds since the Unix epoch when the run ended (succeeded or failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
