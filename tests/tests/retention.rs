@@ -133,7 +133,7 @@ fn an_ended_run_is_forgotten_after_the_retention_and_a_restart_does_not_bring_it
         || (client.run_state(&done) == Err(Code::NotFound)).then_some(()),
     );
     assert_eq!(client.watch_error(&done), Some(Code::NotFound));
-    assert_eq!(client.run_ids(), [active.clone()]);
+    assert_eq!(client.run_ids(), [active.as_str()]);
     assert_eq!(client.run_state(&active), Ok("running".to_string()));
     let metrics = fleet.http_get("/metrics");
     assert!(
@@ -149,7 +149,7 @@ fn an_ended_run_is_forgotten_after_the_retention_and_a_restart_does_not_bring_it
         "{}",
         fleet.logs()
     );
-    assert_eq!(client.run_ids(), [active.clone()]);
+    assert_eq!(client.run_ids(), [active.as_str()]);
     assert!(
         !fleet
             .coordinator_log()
