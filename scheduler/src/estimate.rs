@@ -90,11 +90,6 @@ impl Estimates {
         m.total_ms += ms;
         m.samples += 1;
     }
-
-    /// How many task ids have history.
-    pub fn known_tasks(&self) -> usize {
-        self.per_task.len()
-    }
 }
 
 #[cfg(test)]

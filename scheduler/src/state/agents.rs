@@ -234,17 +234,6 @@ impl Scheduler {
         self.assign(now);
     }
 
-    /// The earliest time at which [`tick`](Self::tick) has something to do, if any.
-    pub fn next_deadline(&self) -> Option<Duration> {
-        self.agents
-            .values()
-            .map(|a| match a.disconnected_at {
-                Some(since) => since + self.config.reconnect_grace,
-                None => a.last_seen + self.config.lease_timeout,
-            })
-            .min()
-    }
-
     pub(super) fn forget_agent(&mut self, id: AgentId) {
         if let Some(a) = self.agents.remove(&id) {
             self.identities.remove(&(a.name, a.instance_id));

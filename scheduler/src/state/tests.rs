@@ -66,14 +66,15 @@ impl Harness {
     }
 
     fn agent(&mut self, name: &str, template: &str, slots: u32, exec: Option<&str>) -> AgentId {
-        let hello = Hello {
-            name: name.into(),
-            instance_id: format!("{name}-1"),
-            launch_template: template.into(),
-            slots,
-            ci_execution_id: exec.map(str::to_string),
-            held: vec![],
-        };
+        self.connect(hello(name, template, slots, exec, vec![]))
+    }
+
+    /// The same agent process (`NAME-1`, `linux`, one slot) connecting again with its leases.
+    fn reconnect(&mut self, name: &str, held: Vec<Held>) -> AgentId {
+        self.connect(hello(name, "linux", 1, None, held))
+    }
+
+    fn connect(&mut self, hello: Hello) -> AgentId {
         let id = self.s.agent_connected(self.now, hello).unwrap();
         self.drain();
         id
@@ -123,6 +124,25 @@ impl Harness {
             .into_iter()
             .rfind(|f| !f.retrying)
             .map(|f| f.status)
+    }
+}
+
+/// What an agent process named `name` (instance `NAME-1`) says when it connects.
+fn hello(name: &str, template: &str, slots: u32, exec: Option<&str>, held: Vec<Held>) -> Hello {
+    Hello {
+        name: name.into(),
+        instance_id: format!("{name}-1"),
+        launch_template: template.into(),
+        slots,
+        ci_execution_id: exec.map(str::to_string),
+        held,
+    }
+}
+
+fn held(lease: &(AgentId, LeaseGrant)) -> Held {
+    Held {
+        lease: lease.1.lease,
+        token: lease.1.token,
     }
 }
 
@@ -343,19 +363,7 @@ fn a_reconnect_within_the_grace_period_keeps_the_lease() {
     let lease = h.take_leases().remove(0);
     h.s.agent_disconnected(h.now, a1);
     h.advance(ms(9_000));
-    let hello = Hello {
-        name: "a1".into(),
-        instance_id: "a1-1".into(),
-        launch_template: "linux".into(),
-        slots: 1,
-        ci_execution_id: None,
-        held: vec![Held {
-            lease: lease.1.lease,
-            token: lease.1.token,
-        }],
-    };
-    assert_eq!(h.s.agent_connected(h.now, hello).unwrap(), a1);
-    h.drain();
+    assert_eq!(h.reconnect("a1", vec![held(&lease)]), a1);
     h.advance(ms(5_000));
     assert!(h.cancels.is_empty());
     h.finish(&lease, 0).unwrap();
@@ -379,19 +387,7 @@ fn a_disconnected_agent_that_stays_away_loses_its_leases_after_the_grace_period(
     h.advance(ms(1));
     assert!(h.events.iter().any(|e| matches!(e, RunEvent::TaskRequeued { reason, .. } if reason.contains("did not come back"))));
     // The agent comes back too late: the old lease is refused and it gets the task anew.
-    let hello = Hello {
-        name: "a1".into(),
-        instance_id: "a1-1".into(),
-        launch_template: "linux".into(),
-        slots: 1,
-        ci_execution_id: None,
-        held: vec![Held {
-            lease: lease.1.lease,
-            token: lease.1.token,
-        }],
-    };
-    let again = h.s.agent_connected(h.now, hello).unwrap();
-    h.drain();
+    let again = h.reconnect("a1", vec![held(&lease)]);
     assert_eq!(h.cancels, vec![(again, lease.1.lease)]);
     let fresh = h.take_leases();
     assert_eq!(fresh.len(), 1);
@@ -860,10 +856,7 @@ proptest! {
         // forgotten and comes back under a new id.
         let reconnect = |h: &mut Harness, i: usize, agents: &[AgentId], running: &[(AgentId, LeaseGrant)]| {
             let held: Vec<Held> = running.iter().filter(|(a, _)| *a == agents[i]).map(|(_, g)| Held { lease: g.lease, token: g.token }).collect();
-            let hello = Hello { name: format!("a{i}"), instance_id: format!("a{i}-1"), launch_template: "linux".into(), slots: slots[i], ci_execution_id: None, held };
-            let id = h.s.agent_connected(h.now, hello).unwrap();
-            h.drain();
-            id
+            h.connect(hello(&format!("a{i}"), "linux", slots[i], None, held))
         };
 
         absorb(&mut h, &mut running, &mut dead, &succeeded)?;

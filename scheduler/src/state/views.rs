@@ -73,9 +73,4 @@ impl Scheduler {
             })
             .collect()
     }
-
-    /// Whether a lease's agent has confirmed it started the task.
-    pub fn lease_started(&self, lease: LeaseId) -> Option<bool> {
-        self.leases.get(&lease).map(|l| l.started)
-    }
 }
