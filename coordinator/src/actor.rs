@@ -206,7 +206,7 @@ impl Actor {
             .into_iter()
             .map(|(run, events)| (run, RunLog::restore(events)))
             .collect();
-        for run in sched.run_views() {
+        for run in sched.run_summaries() {
             logs.entry(run.id).or_default();
         }
         let mut actor = Actor {
@@ -456,7 +456,7 @@ impl Actor {
                 let _ = reply.send(agents);
             }
             Command::ListRuns { reply } => {
-                let runs = self.sched.run_views().iter().map(run_info).collect();
+                let runs = self.sched.run_summaries().iter().map(run_info).collect();
                 let _ = reply.send(runs);
             }
             Command::GetRun { run, reply } => {
@@ -466,7 +466,7 @@ impl Actor {
                         .run_view(&id)
                         .ok_or(drover_scheduler::state::SchedError::UnknownRun(id))?;
                     Ok(pb::GetRunResponse {
-                        run: Some(run_info(&view)),
+                        run: Some(run_info(&view.summary())),
                         tasks: view.tasks.iter().map(summary_to_proto).collect(),
                     })
                 });
@@ -636,7 +636,7 @@ impl Actor {
 
     fn metrics(&self) -> String {
         let agents = self.sched.agent_views();
-        let runs = self.sched.run_views();
+        let runs = self.sched.run_summaries();
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: usize| {
             out.push_str(&format!(
@@ -711,7 +711,7 @@ fn status_label(s: drover_scheduler::TaskStatus) -> &'static str {
     }
 }
 
-fn run_info(v: &drover_scheduler::state::RunView) -> pb::RunInfo {
+fn run_info(v: &drover_scheduler::state::RunSummary) -> pb::RunInfo {
     pb::RunInfo {
         run_id: v.id.clone(),
         ci_execution_id: v.ci_execution_id.clone(),

@@ -364,5 +364,5 @@ fn opening_deletes_the_runs_that_ended_before_the_cutoff() {
     let mut sched = Scheduler::new(Config::default());
     sched.restore(ms(0), loaded.restore);
     assert!(sched.run_view("run-old").is_none(), "still gone");
-    assert_eq!(sched.run_views().len(), 2);
+    assert_eq!(sched.run_summaries().len(), 2);
 }

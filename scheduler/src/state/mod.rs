@@ -122,7 +122,16 @@ pub struct AgentView {
     pub running: Vec<String>,
 }
 
-/// A snapshot of a run for operators and the main job.
+/// A run's state and counts, without its tasks: for listings and metrics.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub id: String,
+    pub ci_execution_id: String,
+    pub state: &'static str,
+    pub progress: Progress,
+}
+
+/// A snapshot of a run, with every task, for operators and the main job.
 #[derive(Clone, Debug)]
 pub struct RunView {
     pub id: String,
@@ -130,6 +139,17 @@ pub struct RunView {
     pub state: &'static str,
     pub progress: Progress,
     pub tasks: Vec<TaskSummary>,
+}
+
+impl RunView {
+    pub fn summary(&self) -> RunSummary {
+        RunSummary {
+            id: self.id.clone(),
+            ci_execution_id: self.ci_execution_id.clone(),
+            state: self.state,
+            progress: self.progress,
+        }
+    }
 }
 
 /// The scheduler: runs, agents, leases.

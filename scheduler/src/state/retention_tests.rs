@@ -136,7 +136,7 @@ fn an_ended_run_is_forgotten_and_every_lookup_says_unknown_run() {
     let unknown = SchedError::UnknownRun(run.clone());
     assert!(!h.s.has_run(&run));
     assert!(h.s.run_view(&run).is_none());
-    assert!(h.s.run_views().is_empty());
+    assert!(h.s.run_summaries().is_empty());
     assert!(h.s.progress(&run, None).is_none());
     assert!(h.s.task_record(&run, "x:build").is_none());
     assert_eq!(h.s.run_for_execution("ci-1"), None);
@@ -183,7 +183,7 @@ fn an_active_run_is_refused_and_stays_as_it_was() {
     h.finish(&x);
     assert_eq!(h.state(&busy), "succeeded");
     h.s.forget_run(&busy).unwrap();
-    assert_eq!(h.s.run_views().len(), 1, "the idle run is still there");
+    assert_eq!(h.s.run_summaries().len(), 1, "the idle run is still there");
 }
 
 #[test]
@@ -271,7 +271,7 @@ fn runs_keep_taking_turns_when_the_cursor_points_at_a_forgotten_run() {
     let d0 = h.take_leases();
     assert_eq!(tasks_of(&d0), ["d:build"]);
     assert_eq!(
-        h.s.run_views()
+        h.s.run_summaries()
             .iter()
             .map(|v| v.id.as_str())
             .collect::<Vec<_>>(),

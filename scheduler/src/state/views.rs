@@ -30,9 +30,9 @@ impl Scheduler {
         Some(p)
     }
 
-    pub fn run_view(&self, run_id: &str) -> Option<RunView> {
+    pub fn run_summary(&self, run_id: &str) -> Option<RunSummary> {
         let run = &self.runs[*self.run_index.get(run_id)?];
-        Some(RunView {
+        Some(RunSummary {
             id: run.id.clone(),
             ci_execution_id: run.spec.ci_execution_id.clone(),
             state: match run.done {
@@ -42,15 +42,27 @@ impl Scheduler {
                 Some(false) => "failed",
             },
             progress: self.progress(run_id, None)?,
-            tasks: run.tasks.iter().map(TaskState::summary).collect(),
         })
     }
 
-    pub fn run_views(&self) -> Vec<RunView> {
+    /// Every run's summary, in opening order. Cheap: no task is copied.
+    pub fn run_summaries(&self) -> Vec<RunSummary> {
         self.runs
             .iter()
-            .filter_map(|r| self.run_view(&r.id))
+            .filter_map(|r| self.run_summary(&r.id))
             .collect()
+    }
+
+    pub fn run_view(&self, run_id: &str) -> Option<RunView> {
+        let summary = self.run_summary(run_id)?;
+        let run = &self.runs[self.run_index[run_id]];
+        Some(RunView {
+            id: summary.id,
+            ci_execution_id: summary.ci_execution_id,
+            state: summary.state,
+            progress: summary.progress,
+            tasks: run.tasks.iter().map(TaskState::summary).collect(),
+        })
     }
 
     pub fn agent_views(&self) -> Vec<AgentView> {
