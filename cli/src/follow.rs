@@ -183,13 +183,12 @@ pub async fn follow(channel: Channel, f: Follow) -> Result<Outcome, CliError> {
     }
 }
 
+/// Worth retrying: the coordinator is restarting or the connection broke. (`NotFound` is not:
+/// a restarted coordinator restores every run before it serves, so the run is gone.)
 fn is_transient(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::NotFound
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
     )
 }
 
