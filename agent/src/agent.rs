@@ -16,10 +16,10 @@ use crate::config::AgentConfig;
 use crate::connection::{self, AttemptError, Connection, Opened};
 use crate::error::AgentError;
 use crate::executor::{ExecContext, KILL_GRACE, PIPE_DRAIN_LIMIT, TaskEvent, TaskResult, TaskSet};
-use crate::humanize::human_duration;
 use crate::outbox::OUTPUT_LIMIT;
 use crate::session::{LeaseDecision, Session};
 use crate::shutdown::{Shutdown, ShutdownRequest};
+use drover_scheduler::duration::format_duration;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -176,7 +176,7 @@ impl Agent {
                 Waited::Done(Ok(Err(AttemptError::Fatal(error)))) => return Err(error),
                 Waited::Done(Ok(Err(AttemptError::Transient(reason)))) => reason,
                 Waited::Done(Err(_elapsed)) => {
-                    format!("no answer within {}", human_duration(attempt_timeout))
+                    format!("no answer within {}", format_duration(attempt_timeout))
                 }
             };
             let delay = backoff.next_delay();
@@ -185,7 +185,7 @@ impl Agent {
                 error = failure,
                 running = self.session.running(),
                 "no connection to the coordinator; retrying in {}",
-                human_duration(delay)
+                format_duration(delay)
             );
             last_error = failure;
             if let Waited::Exit(exit) = self.while_disconnected(sleep(delay)).await {
@@ -249,7 +249,7 @@ impl Agent {
         tracing::info!(
             url = self.url,
             agent_id = welcome.agent_id,
-            heartbeat = %human_duration(interval),
+            heartbeat = %format_duration(interval),
             running = self.session.running(),
             undelivered_results = self.session.undelivered(),
             "connected to the coordinator"
@@ -316,7 +316,7 @@ impl Agent {
         if tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await.is_err() {
             tracing::debug!(
                 "the coordinator did not close the stream within {}",
-                human_duration(CLOSE_TIMEOUT)
+                format_duration(CLOSE_TIMEOUT)
             );
         }
     }
@@ -399,7 +399,7 @@ impl Agent {
                 tracing::info!(
                     lease_id = result.lease_id,
                     exit_code = result.exit_code,
-                    duration = %human_duration(result.duration),
+                    duration = %format_duration(result.duration),
                     error = result.error,
                     "task finished"
                 );
@@ -414,7 +414,7 @@ impl Agent {
                 tracing::info!(
                     running = self.session.running(),
                     "draining: taking no new leases, waiting up to {} for running tasks",
-                    human_duration(self.config.drain_timeout)
+                    format_duration(self.config.drain_timeout)
                 );
                 self.session.drain(connected);
                 self.extend_deadline();
@@ -447,7 +447,7 @@ impl Agent {
             killed_tasks,
             undelivered_results = undelivered,
             "tasks still running after {}; killed them",
-            human_duration(self.config.drain_timeout)
+            format_duration(self.config.drain_timeout)
         );
         match self.session.stop_reason() {
             Some(reason) => AgentExit::Stopped {

@@ -61,7 +61,7 @@ impl AgentConfig {
         }
         if self.launch_template.trim().is_empty() {
             return invalid(
-                "the launch template is empty; pass --launch-template or set DROVER_LAUNCH_TEMPLATE"
+                "the launch template is empty; pass --launch-template or set DROVER_AGENT_LAUNCH_TEMPLATE (or NX_AGENT_LAUNCH_TEMPLATE)"
                     .into(),
             );
         }

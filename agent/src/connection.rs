@@ -1,8 +1,6 @@
 //! Opening the stream to the coordinator: the endpoint, one attempt (connect, `Hello`, wait
 //! for `Welcome`), and what a failed attempt means. The retry loop lives in `agent.rs`.
 
-use std::time::Duration;
-
 use drover_proto::v1::agent_service_client::AgentServiceClient;
 use drover_proto::v1::{
     AgentMessage, CoordinatorMessage, Hello, Welcome, agent_message, coordinator_message,
@@ -17,43 +15,12 @@ use crate::error::{AgentError, error_chain};
 /// Messages handed to the stream but not yet written; kept small, because what sits here
 /// when the connection drops is lost (results are resent, output is not).
 const OUTBOUND_QUEUE: usize = 16;
-const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 pings find a silently dead connection (a cut network sends no reset).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The coordinator's address, normalised (`http://` added when no scheme is given), and an
-/// endpoint for it.
+/// The coordinator's address, normalised, and an endpoint for it (the one every client uses).
 pub(crate) fn endpoint(address: &str) -> Result<(String, Endpoint), AgentError> {
-    let address = address.trim();
-    let url = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let invalid = |reason: String| AgentError::InvalidCoordinatorUrl {
-        url: address.to_owned(),
-        reason,
-    };
-    if url.starts_with("https://") {
-        return Err(invalid(
-            "TLS (https://) is not supported by this agent build yet; use http://".into(),
-        ));
-    }
-    if !url.starts_with("http://") {
-        return Err(invalid("the address must start with http://".into()));
-    }
-    let endpoint = Endpoint::from_shared(url.clone()).map_err(|e| invalid(error_chain(&e)))?;
-    if endpoint.uri().host().is_none_or(str::is_empty) {
-        return Err(invalid("the address has no host".into()));
-    }
-    let endpoint = endpoint
-        .connect_timeout(TCP_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
-    Ok((url, endpoint))
+    drover_proto::coordinator_endpoint(address).map_err(|e| AgentError::InvalidCoordinatorUrl {
+        url: e.address,
+        reason: e.reason,
+    })
 }
 
 /// An open stream that got its `Welcome`.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::humanize::human_duration;
+use drover_scheduler::duration::format_duration;
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +19,7 @@ pub enum AgentError {
     #[error(
         "could not reach the coordinator at {url} for {} (last error: {last_error}); \
          check that it is running and that the address points at its gRPC port",
-        human_duration(*.waited)
+        format_duration(*.waited)
     )]
     CoordinatorUnreachable {
         url: String,

@@ -25,7 +25,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{self, JoinError, JoinSet};
 
-use crate::humanize::human_duration;
+use drover_scheduler::duration::format_duration;
 
 /// The largest output chunk read and sent at once.
 pub(crate) const OUTPUT_CHUNK: usize = 16 * 1024;
@@ -404,12 +404,12 @@ impl Supervisor {
             tracing::warn!(
                 lease_id = self.lease_id,
                 "a process outside the task's group still holds its output open; stopped reading after {}",
-                human_duration(self.pipe_drain_limit)
+                format_duration(self.pipe_drain_limit)
             );
         }
         let (exit_code, error) = match ending {
             Ending::Cancelled => return,
-            Ending::TimedOut(limit) => (-1, format!("timed out after {}", human_duration(limit))),
+            Ending::TimedOut(limit) => (-1, format!("timed out after {}", format_duration(limit))),
             Ending::Exited => describe(status),
         };
         let result = TaskResult {

@@ -30,7 +30,6 @@ mod error;
 mod executor;
 #[cfg(test)]
 mod fake_coordinator;
-mod humanize;
 mod outbox;
 mod session;
 mod shutdown;

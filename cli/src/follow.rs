@@ -7,6 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use drover_proto::v1 as pb;
+use drover_scheduler::TaskSpec;
 use drover_scheduler::duration::format_duration;
 use pb::run_event::Event;
 use pb::run_service_client::RunServiceClient;
@@ -52,6 +53,54 @@ impl Counts {
             n(pb::TaskStatus::Failed)
         )
     }
+}
+
+/// A graph to submit to a run.
+pub struct Submit<'a> {
+    /// The run, or (when empty) the newest run of `ci_execution_id`.
+    pub run_id: String,
+    pub ci_execution_id: String,
+    pub tasks: &'a [TaskSpec],
+    /// A label for the submission, e.g. the command that made it.
+    pub label: String,
+    pub stream_output: bool,
+}
+
+/// The main job's one way to run a graph (`exec`, `nx`, `demo`): submit it, say so with
+/// `announce`, and follow it to its end.
+pub async fn submit_and_follow(
+    channel: Channel,
+    submit: Submit<'_>,
+    announce: impl FnOnce(&pb::SubmitGraphResponse),
+) -> Result<(pb::SubmitGraphResponse, Outcome), CliError> {
+    let mut client = RunServiceClient::new(channel.clone());
+    let request = pb::SubmitGraphRequest {
+        run_id: submit.run_id,
+        tasks: submit
+            .tasks
+            .iter()
+            .map(drover_coordinator::task_to_proto)
+            .collect(),
+        label: submit.label,
+        ci_execution_id: submit.ci_execution_id,
+    };
+    let submitted = client
+        .submit_graph(request)
+        .await
+        .map_err(|s| CliError::rpc("submitting the graph", s))?
+        .into_inner();
+    announce(&submitted);
+    let outcome = follow(
+        channel,
+        Follow {
+            run_id: submitted.run_id.clone(),
+            submission: submitted.submission_id,
+            total: submit.tasks.len(),
+            stream_output: submit.stream_output,
+        },
+    )
+    .await?;
+    Ok((submitted, outcome))
 }
 
 pub async fn follow(channel: Channel, f: Follow) -> Result<Outcome, CliError> {

@@ -15,6 +15,7 @@ mod client;
 mod commands;
 mod error;
 mod follow;
+mod human;
 mod signals;
 
 use std::process::ExitCode;

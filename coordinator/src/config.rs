@@ -1,8 +1,11 @@
-//! How a coordinator is set up.
+//! How a coordinator is set up. The scheduling settings are the scheduler's own
+//! [`Config`](drover_scheduler::Config), with its defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use drover_scheduler::Config;
 
 use crate::cache::CacheConfig;
 
@@ -10,16 +13,12 @@ use crate::cache::CacheConfig;
 pub struct CoordinatorConfig {
     /// gRPC address (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// HTTP address for `/healthz` and `/metrics`.
+    /// HTTP address for `/healthz`, `/metrics` and the cache.
     pub http_listen: SocketAddr,
     /// Where runs, results and duration history are kept.
     pub data_dir: PathBuf,
-    pub heartbeat_interval: Duration,
-    pub lease_timeout: Duration,
-    /// How long a disconnected agent may take to come back before its leases are revoked.
-    pub reconnect_grace: Duration,
-    /// A task whose agent is lost this many times fails.
-    pub max_lost_attempts: u32,
+    /// Heartbeats, lease timeout, reconnect grace, lost attempts.
+    pub scheduling: Config,
     /// Runs that ended longer ago than this are forgotten (memory and store); `None` keeps
     /// them forever.
     pub run_retention: Option<Duration>,
@@ -30,17 +29,17 @@ pub struct CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
+    pub const DEFAULT_RUN_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    pub const DEFAULT_RETENTION_SWEEP: Duration = Duration::from_secs(60);
+
     pub fn new(listen: SocketAddr, http_listen: SocketAddr, data_dir: PathBuf) -> Self {
         CoordinatorConfig {
             listen,
             http_listen,
             data_dir,
-            heartbeat_interval: Duration::from_secs(1),
-            lease_timeout: Duration::from_secs(10),
-            reconnect_grace: Duration::from_secs(10),
-            max_lost_attempts: 3,
-            run_retention: Some(Duration::from_secs(7 * 24 * 3600)),
-            retention_sweep_interval: Duration::from_secs(60),
+            scheduling: Config::default(),
+            run_retention: Some(Self::DEFAULT_RUN_RETENTION),
+            retention_sweep_interval: Self::DEFAULT_RETENTION_SWEEP,
             cache: CacheConfig::default(),
         }
     }

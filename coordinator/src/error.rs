@@ -7,10 +7,6 @@ use thiserror::Error;
 pub enum CoordError {
     #[error(transparent)]
     Sched(#[from] SchedError),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("no run for CI execution `{0}`; start one with `drover start-ci-run`")]
-    NoRunForExecution(String),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("cannot listen on {addr}: {source}")]
@@ -25,28 +21,45 @@ pub enum CoordError {
     },
     #[error("store {path}: {message}")]
     Store { path: String, message: String },
-    #[error("server error: {0}")]
+    #[error("cache: {0}")]
+    Cache(#[from] crate::cache::CacheError),
+    #[error("cannot set up gRPC reflection: {0}")]
+    Reflection(String),
+    #[error("the HTTP server on {addr} failed: {source}")]
+    Http {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
 impl From<CoordError> for tonic::Status {
     fn from(e: CoordError) -> Self {
+        use tonic::Status;
         let msg = e.to_string();
         match e {
-            CoordError::Sched(SchedError::UnknownRun(_)) | CoordError::NoRunForExecution(_) => {
-                tonic::Status::not_found(msg)
-            }
-            CoordError::Sched(SchedError::RunEnded(_) | SchedError::RunActive(_)) => {
-                tonic::Status::failed_precondition(msg)
-            }
-            CoordError::Sched(_) | CoordError::InvalidArgument(_) => {
-                tonic::Status::invalid_argument(msg)
-            }
-            CoordError::ShuttingDown => tonic::Status::unavailable(msg),
+            CoordError::Sched(s) => match s {
+                SchedError::UnknownRun(_) | SchedError::NoRunForExecution(_) => {
+                    Status::not_found(msg)
+                }
+                SchedError::RunEnded(_) | SchedError::RunActive(_) => {
+                    Status::failed_precondition(msg)
+                }
+                SchedError::UnknownAgent(_) => Status::not_found(msg),
+                SchedError::Graph(_)
+                | SchedError::Rules(_)
+                | SchedError::InvalidRun(_)
+                | SchedError::BadAgent { .. } => Status::invalid_argument(msg),
+            },
+            CoordError::ShuttingDown => Status::unavailable(msg),
             CoordError::Bind { .. }
             | CoordError::DataDir { .. }
             | CoordError::Store { .. }
-            | CoordError::Transport(_) => tonic::Status::internal(msg),
+            | CoordError::Cache(_)
+            | CoordError::Reflection(_)
+            | CoordError::Http { .. }
+            | CoordError::Transport(_) => Status::internal(msg),
         }
     }
 }

@@ -8,6 +8,7 @@ mod config;
 mod convert;
 mod error;
 mod http;
+mod metrics;
 mod persist;
 mod runlog;
 mod service;
@@ -20,16 +21,18 @@ use std::time::Duration;
 use drover_proto::v1::admin_service_server::AdminServiceServer;
 use drover_proto::v1::agent_service_server::AgentServiceServer;
 use drover_proto::v1::run_service_server::RunServiceServer;
-use drover_scheduler::state::Config;
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::CoordinatorConfig;
-pub use convert::task_to_proto;
+pub use convert::{task_from_proto, task_to_proto};
 pub use error::CoordError;
 
 use actor::{Actor, Handle, Retention};
+use metrics::Metrics;
 use service::admin::AdminSvc;
 use service::agent::AgentSvc;
 use service::run::RunSvc;
@@ -41,6 +44,7 @@ pub struct Coordinator {
     actor: Actor,
     handle: Handle,
     cache: Option<cache::Cache>,
+    metrics: Arc<Metrics>,
 }
 
 impl Coordinator {
@@ -58,13 +62,6 @@ impl Coordinator {
                 addr: config.http_listen.to_string(),
                 source,
             })?;
-        let sched_config = Config {
-            heartbeat_interval: config.heartbeat_interval,
-            lease_timeout: config.lease_timeout,
-            reconnect_grace: config.reconnect_grace,
-            max_lost_attempts: config.max_lost_attempts,
-            ..Config::default()
-        };
         let cache = match config.cache.enabled() {
             true => Some(cache::Cache::open(&config.cache, &config.data_dir).await?),
             false => None,
@@ -77,7 +74,13 @@ impl Coordinator {
             keep: config.run_retention,
             sweep_interval: config.retention_sweep_interval,
         };
-        let (actor, handle) = Actor::new(sched_config, config.data_dir, retention)?;
+        let metrics = Arc::new(Metrics::new(cache.as_ref().map(|c| c.counters())));
+        let (actor, handle) = Actor::new(
+            config.scheduling,
+            config.data_dir,
+            retention,
+            metrics.clone(),
+        )?;
         let actor = actor.with_lease_env(cache::lease_env(&config.cache, http_addr));
         Ok(Coordinator {
             grpc,
@@ -85,6 +88,7 @@ impl Coordinator {
             actor,
             handle,
             cache,
+            metrics,
         })
     }
 
@@ -110,6 +114,7 @@ impl Coordinator {
             let _ = rx.wait_for(|s| *s).await;
         };
 
+        let http_addr = self.http_addr().to_string();
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<AgentServiceServer<AgentSvc>>()
@@ -133,10 +138,10 @@ impl Coordinator {
         }
         let reflection_v1 = reflection_v1
             .build_v1()
-            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| CoordError::Reflection(e.to_string()))?;
         let reflection_v1alpha = reflection_v1alpha
             .build_v1alpha()
-            .map_err(|e| CoordError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| CoordError::Reflection(e.to_string()))?;
 
         let grpc = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
@@ -151,7 +156,8 @@ impl Coordinator {
                 TcpListenerStream::new(self.grpc),
                 stopped(stop_rx.clone()),
             );
-        let routes = http::router(self.handle.clone()).merge(cache::router(self.cache.clone()));
+        let routes = http::router(self.handle.clone(), self.metrics.clone())
+            .merge(cache::router(self.cache.clone()));
         let http = axum::serve(self.http, routes).with_graceful_shutdown(stopped(stop_rx.clone()));
         let eviction_stop = stopped(stop_rx.clone());
         let eviction = async move {
@@ -170,8 +176,8 @@ impl Coordinator {
         };
         let (_, _, grpc, http, ()) = tokio::join!(trigger, actor, grpc, http, eviction);
         grpc?;
-        http.map_err(|source| CoordError::Bind {
-            addr: "http".into(),
+        http.map_err(|source| CoordError::Http {
+            addr: http_addr,
             source,
         })?;
         Ok(())

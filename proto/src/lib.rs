@@ -9,3 +9,7 @@ pub mod v1 {
 
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("drover_descriptor");
+
+mod endpoint;
+
+pub use endpoint::{BadAddress, coordinator_endpoint};

@@ -15,13 +15,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration like `30s` or `10m` ({e})"))
 }
 
-/// Formats a duration the way a person reads it: `850ms`, `12.3s`, `4m 05s`.
+/// Formats a duration the way a person reads it: `850ms`, `2s`, `12.3s`, `4m 05s`. The one
+/// formatter for messages, logs and the terminal.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1_000 {
         format!("{ms}ms")
     } else if ms < 60_000 {
-        format!("{:.1}s", d.as_secs_f64())
+        let text = format!("{:.1}", d.as_secs_f64());
+        format!("{}s", text.strip_suffix(".0").unwrap_or(&text))
     } else {
         let s = d.as_secs();
         if s < 3_600 {
@@ -79,6 +81,7 @@ mod tests {
         assert!(parse_duration("soon").unwrap_err().contains("`soon`"));
         assert_eq!(format_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(format_duration(Duration::from_millis(12_340)), "12.3s");
+        assert_eq!(format_duration(Duration::from_secs(10)), "10s");
         assert_eq!(format_duration(Duration::from_secs(245)), "4m 05s");
     }
 }

@@ -19,6 +19,7 @@ pub mod task;
 pub use graph::{GraphError, TaskGraph};
 pub use rules::RuleSet;
 pub use state::{
-    Action, AgentId, Config, LeaseId, Policy, RunEvent, RunSpec, Scheduler, TaskResult, TaskStatus,
+    Action, AgentId, Config, Event, LeaseId, Outcome, Policy, Reply, RunEvent, RunRef, RunSpec,
+    Scheduler, TaskResult, TaskStatus,
 };
 pub use task::TaskSpec;

@@ -30,16 +30,29 @@ pub struct TaskSpec {
 impl TaskSpec {
     /// A cacheable task whose project, target and configuration come from its id.
     pub fn new(id: impl Into<String>, command: impl Into<String>) -> Self {
-        let id = id.into();
-        let (project, target, configuration) = split_task_id(&id);
-        TaskSpec {
-            project: project.to_string(),
-            target: target.to_string(),
-            configuration: configuration.map(str::to_string),
-            id,
+        let mut task = TaskSpec {
+            id: id.into(),
             command: command.into(),
             cache: true,
             ..TaskSpec::default()
+        };
+        task.fill_from_id();
+        task
+    }
+
+    /// Fills `project`, `target` and `configuration` from the id
+    /// (`project:target[:configuration]`) where they were not given. The one place a task's
+    /// rule fields default.
+    pub fn fill_from_id(&mut self) {
+        let (project, target, configuration) = split_task_id(&self.id);
+        if self.project.is_empty() {
+            self.project = project.to_string();
+        }
+        if self.target.is_empty() {
+            self.target = target.to_string();
+        }
+        if self.configuration.is_none() {
+            self.configuration = configuration.map(str::to_string);
         }
     }
 

@@ -1,15 +1,14 @@
 //! `drover agent` (alias `start-agent`): pull task leases and run them.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use drover_agent::{AgentConfig, AgentExit, Shutdown};
 
 use super::CoordinatorUrl;
-use super::coordinator::parse_duration;
 use crate::ci_env;
 use crate::error::CliError;
+use crate::human::Human;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -32,11 +31,11 @@ pub struct AgentArgs {
     #[arg(long, env = "DROVER_AGENT_DAEMON")]
     pub daemon: bool,
     /// How long a drained agent (SIGTERM) lets running tasks finish.
-    #[arg(long, env = "DROVER_DRAIN_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
+    #[arg(long, env = "DROVER_DRAIN_TIMEOUT", default_value_t = Human(AgentConfig::DEFAULT_DRAIN_TIMEOUT))]
+    pub drain_timeout: Human,
     /// Give up when the coordinator cannot be reached for this long.
-    #[arg(long, env = "DROVER_CONNECT_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
+    #[arg(long, env = "DROVER_CONNECT_TIMEOUT", default_value_t = Human(AgentConfig::DEFAULT_CONNECT_TIMEOUT))]
+    pub connect_timeout: Human,
 }
 
 pub async fn run(args: AgentArgs) -> Result<u8, CliError> {
@@ -70,8 +69,8 @@ pub async fn run(args: AgentArgs) -> Result<u8, CliError> {
         slots: args.slots,
         ci_execution_id,
         workdir: args.workdir,
-        drain_timeout: args.drain_timeout,
-        connect_timeout: args.connect_timeout,
+        drain_timeout: args.drain_timeout.0,
+        connect_timeout: args.connect_timeout.0,
     };
     let shutdown = Shutdown::from_signals()
         .map_err(|e| CliError::Io(format!("cannot listen for signals: {e}")))?;

@@ -4,6 +4,7 @@ use clap::{Args, Subcommand};
 use drover_coordinator::cache::{PruneReport, Stats};
 
 use crate::error::CliError;
+use crate::human;
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -95,18 +96,18 @@ pub async fn run(cmd: CacheCommand) -> Result<u8, CliError> {
             };
             out!("backend:   {}", s.backend);
             out!("entries:   {}", s.entries);
-            out!("bytes:     {} ({})", s.bytes, human_bytes(s.bytes));
+            out!("bytes:     {} ({})", s.bytes, human::bytes(s.bytes));
             out!("hits:      {}", s.hits);
             out!("misses:    {}", s.misses);
             out!("hit rate:  {rate}");
-            out!("stored:    {} ({} in)", s.stored, human_bytes(s.bytes_in));
+            out!("stored:    {} ({} in)", s.stored, human::bytes(s.bytes_in));
             out!("conflicts: {} (409: already there)", s.conflicts);
             out!("too large: {} (413)", s.too_large);
             out!("evicted:   {}", s.evicted);
             out!(
                 "policy:    max entry {}, max total {}, max age {}",
-                human_bytes(s.max_entry_bytes),
-                s.max_total_bytes.map_or("none".into(), human_bytes),
+                human::bytes(s.max_entry_bytes),
+                s.max_total_bytes.map_or("none".into(), human::bytes),
                 s.max_age_secs.map_or("none".into(), |secs| {
                     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
                 })
@@ -126,9 +127,9 @@ pub async fn run(cmd: CacheCommand) -> Result<u8, CliError> {
             out!(
                 "removed {} entries ({}); {} entries ({}) left",
                 r.removed,
-                human_bytes(r.removed_bytes),
+                human::bytes(r.removed_bytes),
                 r.entries,
-                human_bytes(r.bytes)
+                human::bytes(r.bytes)
             );
             Ok(0)
         }
@@ -160,31 +161,4 @@ async fn call(
         });
     }
     Ok(body)
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_read_like_a_person_writes_them() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(10 << 20), "10.0 MiB");
-    }
 }

@@ -2,13 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use drover_coordinator::cache::{CacheConfig, EvictionPolicy, S3Config, StorageConfig};
 use drover_coordinator::{Coordinator, CoordinatorConfig};
+use drover_scheduler::Config;
 
 use crate::error::CliError;
+use crate::human::{Human, Positive, Size};
 use crate::signals::shutdown_signal;
 
 #[derive(Args, Debug)]
@@ -23,25 +24,25 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "DROVER_DATA_DIR", default_value = ".drover/data")]
     pub data_dir: PathBuf,
     /// How often agents heartbeat.
-    #[arg(long, env = "DROVER_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
-    pub heartbeat_interval: Duration,
+    #[arg(long, env = "DROVER_HEARTBEAT_INTERVAL", default_value_t = Human(Config::default().heartbeat_interval))]
+    pub heartbeat_interval: Human,
     /// A lease whose agent has not been heard from for this long is revoked and its task requeued.
-    #[arg(long, env = "DROVER_LEASE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub lease_timeout: Duration,
+    #[arg(long, env = "DROVER_LEASE_TIMEOUT", default_value_t = Human(Config::default().lease_timeout))]
+    pub lease_timeout: Human,
     /// How long an agent whose stream closed may take to reconnect and keep its leases
     /// (default: the lease timeout).
-    #[arg(long, env = "DROVER_RECONNECT_GRACE", value_parser = parse_duration)]
-    pub reconnect_grace: Option<Duration>,
+    #[arg(long, env = "DROVER_RECONNECT_GRACE")]
+    pub reconnect_grace: Option<Human>,
     /// A task whose agent is lost (silent or gone) this many times fails with that reason.
-    #[arg(long, env = "DROVER_MAX_LOST_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "DROVER_MAX_LOST_ATTEMPTS", default_value_t = Config::default().max_lost_attempts, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_lost_attempts: u32,
     /// Runs that ended (succeeded or failed) longer ago than this are forgotten, in memory and
     /// in the data dir; `0` keeps every run forever. Active runs are always kept.
-    #[arg(long, env = "DROVER_RUN_RETENTION", default_value = "7d", value_parser = parse_duration)]
-    pub run_retention: Duration,
+    #[arg(long, env = "DROVER_RUN_RETENTION", default_value_t = Human(CoordinatorConfig::DEFAULT_RUN_RETENTION))]
+    pub run_retention: Human,
     /// How often ended runs are checked against the run retention.
-    #[arg(long, env = "DROVER_RETENTION_SWEEP_INTERVAL", default_value = "1m", value_parser = parse_positive_duration, hide = true)]
-    pub retention_sweep_interval: Duration,
+    #[arg(long, env = "DROVER_RETENTION_SWEEP_INTERVAL", default_value_t = Positive(CoordinatorConfig::DEFAULT_RETENTION_SWEEP), hide = true)]
+    pub retention_sweep_interval: Positive,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -79,17 +80,17 @@ pub struct CacheArgs {
     )]
     pub cache_s3_prefix: String,
     /// Largest entry accepted; larger uploads get 413.
-    #[arg(long, env = "DROVER_CACHE_MAX_ENTRY_SIZE", default_value = "2GiB", value_parser = parse_size)]
-    pub cache_max_entry_size: u64,
+    #[arg(long, env = "DROVER_CACHE_MAX_ENTRY_SIZE", default_value_t = Size(CacheConfig::default().max_entry_bytes))]
+    pub cache_max_entry_size: Size,
     /// Evict the least recently used entries when the cache grows past this, e.g. 50GiB.
-    #[arg(long, env = "DROVER_CACHE_MAX_SIZE", value_parser = parse_size)]
-    pub cache_max_size: Option<u64>,
+    #[arg(long, env = "DROVER_CACHE_MAX_SIZE")]
+    pub cache_max_size: Option<Size>,
     /// Evict entries unused (S3: unwritten) for this long, e.g. 7d.
-    #[arg(long, env = "DROVER_CACHE_MAX_AGE", value_parser = parse_duration)]
-    pub cache_max_age: Option<Duration>,
+    #[arg(long, env = "DROVER_CACHE_MAX_AGE")]
+    pub cache_max_age: Option<Human>,
     /// How often the eviction policy runs.
-    #[arg(long, env = "DROVER_CACHE_PRUNE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
-    pub cache_prune_interval: Duration,
+    #[arg(long, env = "DROVER_CACHE_PRUNE_INTERVAL", default_value_t = Positive(CacheConfig::default().prune_interval))]
+    pub cache_prune_interval: Positive,
 }
 
 impl CacheArgs {
@@ -108,40 +109,26 @@ impl CacheArgs {
             storage,
             token: self.cache_token.clone().filter(|t| !t.is_empty()),
             read_token: self.cache_read_token.clone().filter(|t| !t.is_empty()),
-            max_entry_bytes: self.cache_max_entry_size,
+            max_entry_bytes: self.cache_max_entry_size.0,
             policy: EvictionPolicy {
-                max_total_bytes: self.cache_max_size,
-                max_age: self.cache_max_age,
+                max_total_bytes: self.cache_max_size.map(|s| s.0),
+                max_age: self.cache_max_age.map(|d| d.0),
             },
-            prune_interval: self.cache_prune_interval,
+            prune_interval: self.cache_prune_interval.0,
             public_url: self.cache_url.clone(),
         }
     }
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    drover_coordinator::cache::parse_size(s)
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    drover_scheduler::duration::parse_duration(s)
-}
-
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        Duration::ZERO => Err(format!("`{s}` must be longer than zero")),
-        d => Ok(d),
-    }
-}
-
 pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     let mut config = CoordinatorConfig::new(args.listen, args.http_listen, args.data_dir);
-    config.heartbeat_interval = args.heartbeat_interval;
-    config.lease_timeout = args.lease_timeout;
-    config.reconnect_grace = args.reconnect_grace.unwrap_or(args.lease_timeout);
-    config.max_lost_attempts = args.max_lost_attempts;
-    config.run_retention = (!args.run_retention.is_zero()).then_some(args.run_retention);
-    config.retention_sweep_interval = args.retention_sweep_interval;
+    let s = &mut config.scheduling;
+    s.heartbeat_interval = args.heartbeat_interval.0;
+    s.lease_timeout = args.lease_timeout.0;
+    s.reconnect_grace = args.reconnect_grace.unwrap_or(args.lease_timeout).0;
+    s.max_lost_attempts = args.max_lost_attempts;
+    config.run_retention = (!args.run_retention.0.is_zero()).then_some(args.run_retention.0);
+    config.retention_sweep_interval = args.retention_sweep_interval.0;
     config.cache = args.cache.config();
     let coordinator = Coordinator::bind(config).await?;
     // Tests and scripts read this line to find the ports.

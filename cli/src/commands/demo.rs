@@ -14,7 +14,7 @@ use pb::run_service_client::RunServiceClient;
 
 use crate::client::channel;
 use crate::error::CliError;
-use crate::follow::{Follow, follow};
+use crate::follow::{Submit, submit_and_follow};
 
 const GRAPH: &str = include_str!("../demo/graph.yaml");
 const RULES: &str = include_str!("../demo/rules.yaml");
@@ -78,7 +78,7 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
             ci_execution_id: Some(EXECUTION.into()),
             workdir,
             drain_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: AgentConfig::DEFAULT_CONNECT_TIMEOUT,
         };
         agents.push(tokio::spawn(drover_agent::run(config, Shutdown::never())));
     }
@@ -102,34 +102,18 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
     let graph = parse_graph_file("demo/graph.yaml", GRAPH)
         .map_err(|e| CliError::Io(e.to_string()))?
         .graph;
-    let tasks: Vec<pb::Task> = graph
-        .tasks
-        .iter()
-        .map(drover_coordinator::task_to_proto)
-        .collect();
-    let total = tasks.len();
     out!(
-        "Run {run_id}: {total} tasks, assignment rules send e2e and production builds to linux-large\n"
+        "Run {run_id}: {} tasks, assignment rules send e2e and production builds to linux-large\n",
+        graph.tasks.len()
     );
-    let submitted = client
-        .submit_graph(pb::SubmitGraphRequest {
-            run_id: run_id.clone(),
-            tasks,
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| CliError::rpc("submitting the graph", s))?
-        .into_inner();
-    let outcome = follow(
-        channel,
-        Follow {
-            run_id: run_id.clone(),
-            submission: submitted.submission_id,
-            total,
-            stream_output,
-        },
-    )
-    .await?;
+    let submit = Submit {
+        run_id: run_id.clone(),
+        ci_execution_id: String::new(),
+        tasks: &graph.tasks,
+        label: "demo".into(),
+        stream_output,
+    };
+    let (_, outcome) = submit_and_follow(channel, submit, |_| {}).await?;
     client
         .complete_run(pb::CompleteRunRequest {
             run_id,

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use drover_proto::v1 as pb;
@@ -10,10 +9,10 @@ use drover_scheduler::RuleSet;
 use pb::run_service_client::RunServiceClient;
 
 use super::CoordinatorUrl;
-use super::coordinator::parse_duration;
 use crate::ci_env::{self, RememberedRun};
 use crate::client::channel;
 use crate::error::CliError;
+use crate::human::Human;
 
 #[derive(Args, Debug)]
 pub struct StartArgs {
@@ -39,8 +38,8 @@ pub struct StartArgs {
     #[arg(long)]
     pub stop_agents_on_failure: bool,
     /// Timeout for tasks that give none, e.g. 30m.
-    #[arg(long, value_parser = parse_duration)]
-    pub default_timeout: Option<Duration>,
+    #[arg(long)]
+    pub default_timeout: Option<Human>,
     /// Ties the main job to its agents (default: DROVER_CI_EXECUTION_ID, NX_CI_EXECUTION_ID,
     /// or the CI provider's run id).
     #[arg(long)]
@@ -100,7 +99,7 @@ pub async fn start(args: StartArgs) -> Result<u8, CliError> {
         env,
         retries: args.retries,
         stop_agents_on_failure: args.stop_agents_on_failure,
-        default_timeout_ms: args.default_timeout.map_or(0, |d| d.as_millis() as u64),
+        default_timeout_ms: args.default_timeout.map_or(0, |d| d.0.as_millis() as u64),
     };
     let mut client = RunServiceClient::new(channel(&args.coordinator.url)?);
     let response = client

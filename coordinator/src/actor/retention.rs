@@ -5,9 +5,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_scheduler::duration::format_duration;
-use drover_scheduler::state::SchedError;
+use drover_scheduler::state::{Event, SchedError};
 
 use super::Actor;
+use crate::error::CoordError;
 
 /// How long ended runs are kept, and how often the actor looks for runs past that.
 #[derive(Clone, Copy, Debug)]
@@ -53,9 +54,12 @@ impl Actor {
         };
         let mut forgotten = 0;
         for run_id in self.store.ended_before(cutoff) {
-            match self.sched.forget_run(&run_id) {
+            let forget = Event::Forget {
+                run_id: run_id.clone(),
+            };
+            match self.apply(forget) {
                 // Unknown: the replay left it out; its rows are of no use either.
-                Ok(()) | Err(SchedError::UnknownRun(_)) => {}
+                Ok(_) | Err(CoordError::Sched(SchedError::UnknownRun(_))) => {}
                 Err(e) => {
                     tracing::warn!(run = %run_id, error = %e, "run retention: run kept");
                     continue;
@@ -66,7 +70,7 @@ impl Actor {
             forgotten += 1;
         }
         if forgotten > 0 {
-            self.runs_forgotten += forgotten;
+            self.metrics.runs_forgotten(forgotten);
             tracing::info!(
                 runs = forgotten,
                 retention = %format_duration(keep),

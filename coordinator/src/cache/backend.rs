@@ -10,6 +10,37 @@ use futures_util::stream::BoxStream;
 use super::local::LocalStore;
 use super::s3::S3Store;
 
+/// Why the storage behind the cache failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{store} {op} {key}: {source}")]
+    ObjectStore {
+        store: String,
+        op: &'static str,
+        key: String,
+        source: Box<object_store::Error>,
+    },
+    #[error("S3 bucket `{bucket}`: {source}")]
+    S3Config {
+        bucket: String,
+        source: Box<object_store::Error>,
+    },
+}
+
+impl CacheError {
+    pub(super) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+        move |source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// One stored entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryMeta {
@@ -50,14 +81,14 @@ impl Backend {
         }
     }
 
-    pub async fn exists(&self, hash: &str) -> Result<bool, String> {
+    pub async fn exists(&self, hash: &str) -> Result<bool, CacheError> {
         match self {
             Backend::Local(l) => l.exists(hash).await,
             Backend::S3(s) => s.exists(hash).await,
         }
     }
 
-    pub async fn put<S, E>(&self, hash: &str, body: S, limit: u64) -> Result<PutOutcome, String>
+    pub async fn put<S, E>(&self, hash: &str, body: S, limit: u64) -> Result<PutOutcome, CacheError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -68,21 +99,21 @@ impl Backend {
         }
     }
 
-    pub async fn get(&self, hash: &str) -> Result<Option<Download>, String> {
+    pub async fn get(&self, hash: &str) -> Result<Option<Download>, CacheError> {
         match self {
             Backend::Local(l) => l.get(hash).await,
             Backend::S3(s) => s.get(hash).await,
         }
     }
 
-    pub async fn list(&self) -> Result<Vec<EntryMeta>, String> {
+    pub async fn list(&self) -> Result<Vec<EntryMeta>, CacheError> {
         match self {
             Backend::Local(l) => l.list().await,
             Backend::S3(s) => s.list().await,
         }
     }
 
-    pub async fn delete(&self, key: &str) -> Result<(), String> {
+    pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
         match self {
             Backend::Local(l) => l.delete(key).await,
             Backend::S3(s) => s.delete(key).await,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
-use super::backend::{Download, EntryMeta, PutOutcome};
+use super::backend::{CacheError, Download, EntryMeta, PutOutcome};
 use crate::error::CoordError;
 
 pub struct LocalStore {
@@ -41,13 +41,19 @@ impl LocalStore {
         self.dir.join(hash)
     }
 
-    pub async fn exists(&self, hash: &str) -> Result<bool, String> {
-        tokio::fs::try_exists(self.path(hash))
+    pub async fn exists(&self, hash: &str) -> Result<bool, CacheError> {
+        let path = self.path(hash);
+        tokio::fs::try_exists(&path)
             .await
-            .map_err(|e| format!("{}: {e}", self.path(hash).display()))
+            .map_err(CacheError::io(&path))
     }
 
-    pub async fn put<S, E>(&self, hash: &str, mut body: S, limit: u64) -> Result<PutOutcome, String>
+    pub async fn put<S, E>(
+        &self,
+        hash: &str,
+        mut body: S,
+        limit: u64,
+    ) -> Result<PutOutcome, CacheError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -61,7 +67,7 @@ impl LocalStore {
             std::process::id(),
             UPLOAD.fetch_add(1, Ordering::Relaxed)
         ));
-        let shown = |e: std::io::Error| format!("{}: {e}", tmp.display());
+        let shown = |e| CacheError::io(&tmp)(e);
         let mut file = tokio::fs::File::create(&tmp).await.map_err(shown)?;
         let mut written: u64 = 0;
         let outcome = loop {
@@ -97,26 +103,23 @@ impl LocalStore {
         match linked {
             Ok(()) => Ok(PutOutcome::Stored(written)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
-            Err(e) => Err(format!("{}: {e}", self.path(hash).display())),
+            Err(e) => Err(CacheError::io(&self.path(hash))(e)),
         }
     }
 
-    pub async fn get(&self, hash: &str) -> Result<Option<Download>, String> {
+    pub async fn get(&self, hash: &str) -> Result<Option<Download>, CacheError> {
         let path = self.path(hash);
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(CacheError::io(&path)(e)),
         };
-        let meta = file
-            .metadata()
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let meta = file.metadata().await.map_err(CacheError::io(&path))?;
         // Refresh the entry's age: it was just used.
         let touch = file
             .try_clone()
             .await
-            .map_err(|e| format!("{}: {e}", path.display()))?
+            .map_err(CacheError::io(&path))?
             .into_std()
             .await;
         tokio::task::spawn_blocking(move || {
@@ -128,8 +131,8 @@ impl LocalStore {
         }))
     }
 
-    pub async fn list(&self) -> Result<Vec<EntryMeta>, String> {
-        let shown = |e: std::io::Error| format!("{}: {e}", self.dir.display());
+    pub async fn list(&self) -> Result<Vec<EntryMeta>, CacheError> {
+        let shown = |e| CacheError::io(&self.dir)(e);
         let mut dir = tokio::fs::read_dir(&self.dir).await.map_err(shown)?;
         let mut out = Vec::new();
         while let Some(entry) = dir.next_entry().await.map_err(shown)? {
@@ -155,11 +158,11 @@ impl LocalStore {
         Ok(out)
     }
 
-    pub async fn delete(&self, key: &str) -> Result<(), String> {
+    pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
         match tokio::fs::remove_file(self.path(key)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("{}: {e}", self.path(key).display())),
+            Err(e) => Err(CacheError::io(&self.path(key))(e)),
         }
     }
 }

@@ -23,13 +23,13 @@ mod s3;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 pub use auth::Access;
-pub use backend::{Backend, EntryMeta};
+pub use backend::{Backend, CacheError, EntryMeta};
 pub use evict::{EvictionPolicy, choose_evictions};
 pub use routes::router;
 
@@ -92,17 +92,17 @@ impl CacheConfig {
     }
 }
 
-/// Counters since the coordinator started.
+/// Counters since the coordinator started; `/metrics` exports the same counters.
 #[derive(Default)]
 pub struct Counters {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub stored: AtomicU64,
-    pub conflicts: AtomicU64,
-    pub too_large: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub evicted: AtomicU64,
+    pub hits: Counter,
+    pub misses: Counter,
+    pub stored: Counter,
+    pub conflicts: Counter,
+    pub too_large: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub evicted: Counter,
 }
 
 /// What `GET /drover/cache/stats` answers.
@@ -162,7 +162,9 @@ impl Cache {
         });
         let backend = match storage {
             StorageConfig::Local { dir } => Backend::Local(local::LocalStore::open(dir).await?),
-            StorageConfig::S3(s3) => Backend::S3(s3::S3Store::open(&s3)?),
+            StorageConfig::S3(s3) => {
+                Backend::S3(s3::S3Store::open(&s3).map_err(CoordError::Cache)?)
+            }
         };
         tracing::info!(
             backend = %backend.describe(),
@@ -204,10 +206,10 @@ impl Cache {
     }
 
     /// Every entry's key, size and age, and the counters.
-    pub async fn stats(&self) -> Result<Stats, String> {
+    pub async fn stats(&self) -> Result<Stats, CacheError> {
         let entries = self.inner.backend.list().await?;
         let c = &self.inner.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let get = |a: &Counter| a.get();
         Ok(Stats {
             backend: self.inner.backend.describe(),
             entries: entries.len() as u64,
@@ -227,7 +229,7 @@ impl Cache {
     }
 
     /// Applies the eviction policy; with `everything`, empties the cache.
-    pub async fn prune(&self, everything: bool) -> Result<PruneReport, String> {
+    pub async fn prune(&self, everything: bool) -> Result<PruneReport, CacheError> {
         let _one_at_a_time = self.inner.pruning.lock().await;
         let entries = self.inner.backend.list().await?;
         let policy = if everything {
@@ -251,10 +253,7 @@ impl Cache {
                 Err(err) => tracing::warn!(key = %e.key, error = %err, "cache: could not evict"),
             }
         }
-        self.inner
-            .counters
-            .evicted
-            .fetch_add(removed, Ordering::Relaxed);
+        self.inner.counters.evicted.inc_by(removed);
         let total: u64 = entries.iter().map(|e| e.size).sum();
         Ok(PruneReport {
             removed,
@@ -312,28 +311,13 @@ pub fn lease_env(
     env
 }
 
-/// Parses a size: `1048576`, `512k`, `10MiB`, `2G`, `1.5GB` (k, M, G, T are powers of 1024).
+/// Parses a size: `1048576`, `512KiB`, `10MiB`, `2GiB` (powers of 1024), `1.5GB`
+/// (powers of 1000), through `bytesize`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let bad = || format!("`{text}` is not a size like `500MiB`, `2G` or `1048576`");
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(bad()),
-    };
-    let bytes = value * (1u64 << shift) as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(bytes as u64)
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("`{text}` is not a size like `500MiB`, `2GiB` or `1048576` ({e})"))
 }
 
 #[cfg(test)]
@@ -343,10 +327,10 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
         assert_eq!(parse_size("10MiB"), Ok(10 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("1.5GB"), Ok(3 << 29));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
         assert!(parse_size("ten").is_err());
         assert!(parse_size("10 parsecs").is_err());
         assert!(parse_size("").is_err());

@@ -1,7 +1,5 @@
 //! The HTTP edge of the cache: Nx's `/v1/cache/{hash}` and Drover's `/drover/cache/*`.
 
-use std::sync::atomic::Ordering;
-
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -113,7 +111,7 @@ async fn put_entry(
         .and_then(|v| v.parse::<u64>().ok());
     let counters = cache.counters();
     if declared.is_some_and(|n| n > limit) {
-        counters.too_large.fetch_add(1, Ordering::Relaxed);
+        counters.too_large.inc();
         drain(&mut stream).await;
         return too_large(limit);
     }
@@ -123,17 +121,17 @@ async fn put_entry(
     }
     match outcome {
         Ok(PutOutcome::Stored(n)) => {
-            counters.stored.fetch_add(1, Ordering::Relaxed);
-            counters.bytes_in.fetch_add(n, Ordering::Relaxed);
+            counters.stored.inc();
+            counters.bytes_in.inc_by(n);
             tracing::debug!(%hash, bytes = n, "cache: stored");
             StatusCode::OK.into_response()
         }
         Ok(PutOutcome::Exists) => {
-            counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            counters.conflicts.inc();
             text(StatusCode::CONFLICT, "Cannot override an existing record")
         }
         Ok(PutOutcome::TooLarge) => {
-            counters.too_large.fetch_add(1, Ordering::Relaxed);
+            counters.too_large.inc();
             too_large(limit)
         }
         Ok(PutOutcome::Interrupted(why)) => text(
@@ -194,14 +192,11 @@ async fn get_entry(
     }
     match cache.backend().get(&hash).await {
         Ok(Some(download)) => {
-            cache.counters().hits.fetch_add(1, Ordering::Relaxed);
+            cache.counters().hits.inc();
             let counted = cache.clone();
             let body = download.body.inspect(move |chunk| {
                 if let Ok(bytes) = chunk {
-                    counted
-                        .counters()
-                        .bytes_out
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    counted.counters().bytes_out.inc_by(bytes.len() as u64);
                 }
             });
             (
@@ -215,7 +210,7 @@ async fn get_entry(
                 .into_response()
         }
         Ok(None) => {
-            cache.counters().misses.fetch_add(1, Ordering::Relaxed);
+            cache.counters().misses.inc();
             text(StatusCode::NOT_FOUND, "The record was not found")
         }
         Err(e) => {

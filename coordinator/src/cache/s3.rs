@@ -12,8 +12,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayloadMut, WriteMultipart};
 
 use super::S3Config;
-use super::backend::{Download, EntryMeta, PutOutcome};
-use crate::error::CoordError;
+use super::backend::{CacheError, Download, EntryMeta, PutOutcome};
 
 /// The size of one multipart part, and the most an upload holds in memory at once per part.
 const PART: usize = 5 * 1024 * 1024;
@@ -28,7 +27,7 @@ pub struct S3Store {
 impl S3Store {
     /// Credentials and defaults come from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`...; the flags win over them.
-    pub fn open(config: &S3Config) -> Result<S3Store, CoordError> {
+    pub fn open(config: &S3Config) -> Result<S3Store, CacheError> {
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&config.bucket);
         if let Some(region) = &config.region {
             builder = builder.with_region(region);
@@ -38,8 +37,9 @@ impl S3Store {
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
         }
-        let store = builder.build().map_err(|e| {
-            CoordError::InvalidArgument(format!("cache S3 bucket `{}`: {e}", config.bucket))
+        let store = builder.build().map_err(|source| CacheError::S3Config {
+            bucket: config.bucket.clone(),
+            source: Box::new(source),
         })?;
         Ok(S3Store {
             store: Arc::new(store),
@@ -64,11 +64,16 @@ impl S3Store {
         }
     }
 
-    fn failed(&self, what: &str, key: &str, e: object_store::Error) -> String {
-        format!("{} {what} {key}: {e}", self.describe())
+    fn failed(&self, op: &'static str, key: &str, source: object_store::Error) -> CacheError {
+        CacheError::ObjectStore {
+            store: self.describe(),
+            op,
+            key: key.to_string(),
+            source: Box::new(source),
+        }
     }
 
-    pub async fn exists(&self, hash: &str) -> Result<bool, String> {
+    pub async fn exists(&self, hash: &str) -> Result<bool, CacheError> {
         match self.store.head(&self.path(hash)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -76,7 +81,12 @@ impl S3Store {
         }
     }
 
-    pub async fn put<S, E>(&self, hash: &str, mut body: S, limit: u64) -> Result<PutOutcome, String>
+    pub async fn put<S, E>(
+        &self,
+        hash: &str,
+        mut body: S,
+        limit: u64,
+    ) -> Result<PutOutcome, CacheError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -139,7 +149,7 @@ impl S3Store {
         Ok(PutOutcome::Stored(written))
     }
 
-    pub async fn get(&self, hash: &str) -> Result<Option<Download>, String> {
+    pub async fn get(&self, hash: &str) -> Result<Option<Download>, CacheError> {
         match self.store.get(&self.path(hash)).await {
             Ok(r) => Ok(Some(Download {
                 size: r.meta.size,
@@ -150,7 +160,7 @@ impl S3Store {
         }
     }
 
-    pub async fn list(&self) -> Result<Vec<EntryMeta>, String> {
+    pub async fn list(&self) -> Result<Vec<EntryMeta>, CacheError> {
         let prefix = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
         let objects: Vec<_> = self
             .store
@@ -180,7 +190,7 @@ impl S3Store {
             .collect())
     }
 
-    pub async fn delete(&self, key: &str) -> Result<(), String> {
+    pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
         match self.store.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.failed("delete", key, e)),

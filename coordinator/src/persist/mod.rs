@@ -57,7 +57,6 @@ pub struct Loaded {
     pub restore: Restore,
     /// Each run's events in sequence order, with the submissions they belong to.
     pub logs: HashMap<String, Vec<(pb::RunEvent, Vec<u64>)>>,
-    pub next_run: u64,
     /// Runs that had ended before the cutoff given to [`Store::open`]: deleted, not loaded.
     pub forgotten: Vec<String>,
     /// Records that could not be read; the restart goes on without them.
@@ -170,11 +169,11 @@ impl Store {
             Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
         };
         self.version = get("version")?;
-        loaded.next_run = get("next_run")?.max(1);
         self.counters = Counters {
             next_agent: get("next_agent")?,
             next_lease: get("next_lease")?,
             next_token: get("next_token")?,
+            next_run: get("next_run")?.max(1),
         };
         loaded.restore.counters = self.counters;
 
@@ -199,6 +198,7 @@ impl Store {
                         Replay::StartRun {
                             run_id: id.clone(),
                             spec,
+                            unix_ms: row.opened_at_ms.unwrap_or(0),
                         },
                     ));
                     if let Some(v) = row.completed {
@@ -278,7 +278,8 @@ impl Store {
         self.version
     }
 
-    pub fn run_started(&mut self, run_id: &str, request: &pb::StartRunRequest, next_run: u64) {
+    /// A run opened at `unix_ms` (milliseconds since the Unix epoch) with this request.
+    pub fn run_started(&mut self, run_id: &str, request: &pb::StartRunRequest, unix_ms: u64) {
         let version = self.next_version();
         self.runs.insert(
             run_id.to_string(),
@@ -286,13 +287,13 @@ impl Store {
                 version,
                 completed: None,
                 ended_at_ms: None,
+                opened_at_ms: Some(unix_ms),
             },
         );
         self.batch.runs.push(run_id.to_string());
         self.batch
             .requests
             .push((run_id.to_string(), request.encode_to_vec()));
-        self.batch.meta.insert("next_run", next_run);
     }
 
     pub fn submitted(&mut self, run_id: &str, submission: u64, tasks: &[TaskSpec]) {
@@ -403,6 +404,7 @@ impl Store {
             self.batch.meta.insert("next_agent", counters.next_agent);
             self.batch.meta.insert("next_lease", counters.next_lease);
             self.batch.meta.insert("next_token", counters.next_token);
+            self.batch.meta.insert("next_run", counters.next_run);
         }
         let batch = std::mem::take(&mut self.batch);
         self.write(sched, batch)

@@ -16,6 +16,9 @@ pub struct RunRow {
     /// Milliseconds since the Unix epoch when the run ended (succeeded or failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at_ms: Option<u64>,
+    /// Milliseconds since the Unix epoch when the run was opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,10 +2,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use drover_scheduler::state::{Config, Held, Hello, TaskResult, TaskStatus};
+use drover_scheduler::state::{
+    AgentId, Config, Event, Held, Hello, LeaseGrant, Reply, RunRef, RunSpec, TaskResult, TaskStatus,
+};
 
 use super::*;
-use crate::actor::run_spec;
+use crate::convert;
 
 struct TempDir(PathBuf);
 
@@ -28,8 +30,21 @@ impl Drop for TempDir {
     }
 }
 
+fn run_spec(req: pb::StartRunRequest) -> Result<RunSpec, String> {
+    RunSpec::from_request(&convert::run_request(req)).map_err(|e| e.to_string())
+}
+
 fn open(dir: &TempDir) -> (Store, Loaded) {
-    Store::open(&dir.0, |req| run_spec(req).map_err(|e| e.to_string()), None).unwrap()
+    Store::open(&dir.0, run_spec, None).unwrap()
+}
+
+/// One event through a scheduler: its reply (which must be a success) and its actions.
+fn send(sched: &mut Scheduler, now: Duration, event: Event) -> (Reply, Vec<Action>) {
+    let outcome = sched.handle(now, event);
+    (
+        outcome.reply.expect("the event is accepted"),
+        outcome.actions,
+    )
 }
 
 fn request() -> pb::StartRunRequest {
@@ -49,11 +64,79 @@ struct Owner {
     sched: Scheduler,
     store: Store,
     seq: HashMap<String, u64>,
+    pending: Vec<Action>,
 }
 
 impl Owner {
+    fn new(store: Store) -> Owner {
+        Owner {
+            sched: Scheduler::new(Config::default()),
+            store,
+            seq: HashMap::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    fn handle(&mut self, now: Duration, event: Event) -> Reply {
+        let (reply, actions) = send(&mut self.sched, now, event);
+        self.pending.extend(actions);
+        reply
+    }
+
+    /// Opens a run and notes it as the actor does.
+    fn start(&mut self, req: &pb::StartRunRequest) -> String {
+        let spec = run_spec(req.clone()).unwrap();
+        let Reply::RunStarted { run_id, .. } =
+            self.handle(ms(0), Event::StartRun { spec, unix_ms: 0 })
+        else {
+            panic!("not a run");
+        };
+        self.store.run_started(&run_id, req, 0);
+        run_id
+    }
+
+    fn submit(&mut self, run: &str, tasks: &[TaskSpec]) -> u64 {
+        let event = Event::Submit {
+            run: RunRef::Id(run.into()),
+            tasks: tasks.to_vec(),
+        };
+        let Reply::Submitted { submission, .. } = self.handle(ms(0), event) else {
+            panic!("not a submission");
+        };
+        self.store.submitted(run, submission, tasks);
+        submission
+    }
+
+    fn complete(&mut self, now: Duration, run: &str) {
+        self.handle(
+            now,
+            Event::Complete {
+                run: RunRef::Id(run.into()),
+            },
+        );
+        self.store.completed(run);
+    }
+
+    fn connect(&mut self, hello: Hello) -> AgentId {
+        let Reply::Agent(id) = self.handle(ms(0), Event::Hello(hello)) else {
+            panic!("not an agent");
+        };
+        self.store.agent(&self.sched.agent_record(id).unwrap());
+        id
+    }
+
+    fn finish(&mut self, now: Duration, agent: AgentId, g: &LeaseGrant) {
+        let event = Event::Finished {
+            agent,
+            lease: g.lease,
+            token: g.token,
+            result: TaskResult::success(ms(1)),
+        };
+        self.handle(now, event);
+    }
+
     fn collect(&mut self) -> Vec<Action> {
-        let actions = self.sched.take_actions();
+        let actions = std::mem::take(&mut self.pending);
         self.store.note(&actions);
         let mut rest = Vec::new();
         for a in actions {
@@ -74,12 +157,7 @@ impl Owner {
     }
 }
 
-fn grants(
-    actions: Vec<Action>,
-) -> Vec<(
-    drover_scheduler::state::AgentId,
-    drover_scheduler::state::LeaseGrant,
-)> {
+fn grants(actions: Vec<Action>) -> Vec<(AgentId, LeaseGrant)> {
     actions
         .into_iter()
         .filter_map(|a| match a {
@@ -94,22 +172,15 @@ fn a_reopened_store_gives_back_runs_results_leases_and_numbered_events() {
     let dir = TempDir::new();
     let (store, loaded) = open(&dir);
     assert!(loaded.restore.steps.is_empty());
-    let mut o = Owner {
-        sched: Scheduler::new(Config::default()),
-        store,
-        seq: HashMap::new(),
-    };
+    let mut o = Owner::new(store);
     let req = request();
-    let spec = run_spec(req.clone()).unwrap();
-    o.sched.start_run(ms(0), "run-1".into(), spec).unwrap();
-    o.store.run_started("run-1", &req, 2);
+    let run = o.start(&req);
     let graph = vec![
         TaskSpec::new("a", "true"),
         TaskSpec::new("b", "true").depends_on(["a"]),
         TaskSpec::new("c", "true").depends_on(["a"]),
     ];
-    let n = o.sched.submit(ms(0), "run-1", graph.clone()).unwrap();
-    o.store.submitted("run-1", n, &graph);
+    o.submit(&run, &graph);
     o.collect();
     let hello = Hello {
         name: "one".into(),
@@ -118,26 +189,22 @@ fn a_reopened_store_gives_back_runs_results_leases_and_numbered_events() {
         slots: 2,
         ..Hello::default()
     };
-    let one = o.sched.agent_connected(ms(0), hello.clone()).unwrap();
-    o.store.agent(&o.sched.agent_record(one).unwrap());
+    let one = o.connect(hello.clone());
     let a = grants(o.collect()).remove(0).1;
-    o.sched
-        .task_finished(ms(10), one, a.lease, a.token, TaskResult::success(ms(10)))
-        .unwrap();
+    o.finish(ms(10), one, &a);
     let running = grants(o.collect());
     assert_eq!(running.len(), 2);
-    o.sched.complete_run(ms(20), "run-1").unwrap();
-    o.store.completed("run-1");
+    o.complete(ms(20), &run);
     o.collect();
     o.store.commit(&o.sched).unwrap();
     // Noted but never committed: lost, as in a crash.
-    o.store.submitted("run-1", 2, &[TaskSpec::new("d", "true")]);
+    o.store.submitted(&run, 2, &[TaskSpec::new("d", "true")]);
     drop(o);
 
     let (_store, loaded) = open(&dir);
     assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-    assert_eq!(loaded.next_run, 2);
-    let events = &loaded.logs["run-1"];
+    assert_eq!(loaded.restore.counters.next_run, 2);
+    let events = &loaded.logs[&run];
     assert_eq!(
         events.iter().map(|(e, _)| e.seq).collect::<Vec<_>>(),
         (1..=events.len() as u64).collect::<Vec<_>>()
@@ -145,7 +212,7 @@ fn a_reopened_store_gives_back_runs_results_leases_and_numbered_events() {
     let mut sched = Scheduler::new(Config::default());
     let report = sched.restore(ms(0), loaded.restore);
     assert_eq!((report.runs, report.tasks_ended, report.leases), (1, 1, 2));
-    let view = sched.run_view("run-1").unwrap();
+    let view = sched.run_view(&run).unwrap();
     assert_eq!(
         view.tasks.len(),
         3,
@@ -162,16 +229,19 @@ fn a_reopened_store_gives_back_runs_results_leases_and_numbered_events() {
             token: g.token,
         })
         .collect();
-    let again = sched
-        .agent_connected(ms(100), Hello { held, ..hello })
-        .unwrap();
-    assert_eq!(again, one, "same agent id after the restart");
+    let (again, _) = send(&mut sched, ms(100), Event::Hello(Hello { held, ..hello }));
+    assert_eq!(again, Reply::Agent(one), "same agent id after the restart");
     for (_, g) in &running {
-        sched
-            .task_finished(ms(200), one, g.lease, g.token, TaskResult::success(ms(5)))
-            .unwrap();
+        let event = Event::Finished {
+            agent: one,
+            lease: g.lease,
+            token: g.token,
+            result: TaskResult::success(ms(5)),
+        };
+        let (_, actions) = send(&mut sched, ms(200), event);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Refused { .. })));
     }
-    let view = sched.run_view("run-1").unwrap();
+    let view = sched.run_view(&run).unwrap();
     assert_eq!(view.state, "succeeded");
     assert!(
         view.tasks
@@ -185,7 +255,7 @@ fn a_reopened_store_gives_back_runs_results_leases_and_numbered_events() {
 fn a_second_coordinator_on_the_same_data_dir_is_refused_by_name() {
     let dir = TempDir::new();
     let _first = open(&dir);
-    let second = Store::open(&dir.0, |req| run_spec(req).map_err(|e| e.to_string()), None);
+    let second = Store::open(&dir.0, run_spec, None);
     let Err(e) = second else {
         panic!("opened twice")
     };
@@ -193,34 +263,29 @@ fn a_second_coordinator_on_the_same_data_dir_is_refused_by_name() {
     assert!(msg.contains(FILE), "{msg}");
 }
 
-/// Opens a run, runs its two tasks on `agent` and ends it; the store notes it ended at `ended_at`.
-fn finished_run(o: &mut Owner, agent: drover_scheduler::state::AgentId, id: &str, ended_at: u64) {
+/// Opens a run, runs its two tasks on `agent` and ends it; the store notes it ended at
+/// `ended_at`. Returns the run's id.
+fn finished_run(o: &mut Owner, agent: AgentId, exec: &str, ended_at: u64) -> String {
     let req = pb::StartRunRequest {
-        ci_execution_id: format!("exec-{id}"),
+        ci_execution_id: format!("exec-{exec}"),
         ..Default::default()
     };
-    o.sched
-        .start_run(ms(0), id.into(), run_spec(req.clone()).unwrap())
-        .unwrap();
-    o.store.run_started(id, &req, 1);
+    let id = o.start(&req);
     let graph = vec![
         TaskSpec::new("a", "true"),
         TaskSpec::new("b", "true").depends_on(["a"]),
     ];
-    let n = o.sched.submit(ms(0), id, graph.clone()).unwrap();
-    o.store.submitted(id, n, &graph);
+    o.submit(&id, &graph);
     for _ in 0..2 {
         let (_, g) = grants(o.collect()).remove(0);
-        o.sched
-            .task_finished(ms(1), agent, g.lease, g.token, TaskResult::success(ms(1)))
-            .unwrap();
+        o.finish(ms(1), agent, &g);
     }
-    o.sched.complete_run(ms(2), id).unwrap();
-    o.store.completed(id);
+    o.complete(ms(2), &id);
     o.collect();
-    assert_eq!(o.sched.run_view(id).unwrap().state, "succeeded");
-    o.store.run_ended(id, ended_at);
+    assert_eq!(o.sched.run_view(&id).unwrap().state, "succeeded");
+    o.store.run_ended(&id, ended_at);
     o.store.commit(&o.sched).unwrap();
+    id
 }
 
 /// Rows of one run in every run-keyed table: runs, run_requests, submissions, tasks, events.
@@ -257,12 +322,8 @@ fn rows_of(store: &Store, run: &str) -> [usize; 5] {
     ]
 }
 
-fn owner_with_agent(store: Store) -> (Owner, drover_scheduler::state::AgentId) {
-    let mut o = Owner {
-        sched: Scheduler::new(Config::default()),
-        store,
-        seq: HashMap::new(),
-    };
+fn owner_with_agent(store: Store) -> (Owner, AgentId) {
+    let mut o = Owner::new(store);
     let hello = Hello {
         name: "one".into(),
         instance_id: "i-1".into(),
@@ -270,8 +331,7 @@ fn owner_with_agent(store: Store) -> (Owner, drover_scheduler::state::AgentId) {
         slots: 1,
         ..Hello::default()
     };
-    let agent = o.sched.agent_connected(ms(0), hello).unwrap();
-    o.store.agent(&o.sched.agent_record(agent).unwrap());
+    let agent = o.connect(hello);
     (o, agent)
 }
 
@@ -280,42 +340,51 @@ fn forgetting_a_run_deletes_every_row_of_it_and_no_row_of_another() {
     let dir = TempDir::new();
     let (store, _) = open(&dir);
     let (mut o, agent) = owner_with_agent(store);
-    // `run-1` is a prefix of `run-10`: the range deletes must stop at the run's own keys.
-    for id in ["run-1", "run-10", "run-0"] {
-        finished_run(&mut o, agent, id, 1_000);
-    }
-    let kept = rows_of(&o.store, "run-10");
+    // The first run's id is a prefix of the tenth's (`run-0-1`, `run-0-10`): the range deletes
+    // must stop at the run's own keys.
+    let ids: Vec<String> = (0..10)
+        .map(|n| finished_run(&mut o, agent, &n.to_string(), 1_000))
+        .collect();
+    let (first, tenth, other) = (ids[0].clone(), ids[9].clone(), ids[4].clone());
+    assert!(tenth.starts_with(&first), "{first} {tenth}");
+    let kept = rows_of(&o.store, &tenth);
     assert_eq!(
-        rows_of(&o.store, "run-1"),
+        rows_of(&o.store, &first),
         kept,
         "both runs have the same rows"
     );
     assert!(kept.iter().all(|&n| n > 0), "{kept:?}");
-    assert_eq!(o.store.ended_before(1_001), ["run-0", "run-1", "run-10"]);
+    assert_eq!(o.store.ended_before(1_001).len(), 10);
     assert!(o.store.ended_before(1_000).is_empty());
 
-    o.sched.forget_run("run-1").unwrap();
-    o.store.forget("run-1");
+    o.handle(
+        ms(3),
+        Event::Forget {
+            run_id: first.clone(),
+        },
+    );
+    o.store.forget(&first);
     o.store.commit(&o.sched).unwrap();
 
-    assert_eq!(rows_of(&o.store, "run-1"), [0; 5]);
-    assert_eq!(rows_of(&o.store, "run-10"), kept);
-    assert_eq!(rows_of(&o.store, "run-0"), kept);
-    assert_eq!(o.store.ended_before(u64::MAX), ["run-0", "run-10"]);
+    assert_eq!(rows_of(&o.store, &first), [0; 5]);
+    assert_eq!(rows_of(&o.store, &tenth), kept);
+    assert_eq!(rows_of(&o.store, &other), kept);
+    assert_eq!(o.store.ended_before(u64::MAX).len(), 9);
+    assert!(!o.store.ended_before(u64::MAX).contains(&first));
     drop(o);
 
     let (_store, loaded) = open(&dir);
     assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
-    assert!(!loaded.logs.contains_key("run-1"));
+    assert!(!loaded.logs.contains_key(&first));
     let mut sched = Scheduler::new(Config::default());
     let report = sched.restore(ms(0), loaded.restore);
     assert!(report.skipped.is_empty(), "{report:?}");
-    assert_eq!(report.runs, 2);
+    assert_eq!(report.runs, 9);
     assert!(
-        sched.run_view("run-1").is_none(),
+        sched.run_view(&first).is_none(),
         "the restart does not bring it back"
     );
-    assert_eq!(sched.run_view("run-10").unwrap().state, "succeeded");
+    assert_eq!(sched.run_view(&tenth).unwrap().state, "succeeded");
 }
 
 #[test]
@@ -323,37 +392,29 @@ fn opening_deletes_the_runs_that_ended_before_the_cutoff() {
     let dir = TempDir::new();
     let (store, _) = open(&dir);
     let (mut o, agent) = owner_with_agent(store);
-    finished_run(&mut o, agent, "run-old", 1_000);
-    finished_run(&mut o, agent, "run-new", 5_000);
+    let old = finished_run(&mut o, agent, "old", 1_000);
+    let new = finished_run(&mut o, agent, "new", 5_000);
     // An active run is never forgotten, however old.
     let req = pb::StartRunRequest {
         ci_execution_id: "exec-active".into(),
         ..Default::default()
     };
-    o.sched
-        .start_run(ms(0), "run-active".into(), run_spec(req.clone()).unwrap())
-        .unwrap();
-    o.store.run_started("run-active", &req, 1);
+    let active = o.start(&req);
     o.store.commit(&o.sched).unwrap();
     drop(o);
 
     let cutoff = Some(3_000);
-    let (store, loaded) = Store::open(
-        &dir.0,
-        |req| run_spec(req).map_err(|e| e.to_string()),
-        cutoff,
-    )
-    .unwrap();
-    assert_eq!(loaded.forgotten, ["run-old"]);
-    assert_eq!(rows_of(&store, "run-old"), [0; 5]);
-    assert!(!loaded.logs.contains_key("run-old"));
+    let (store, loaded) = Store::open(&dir.0, run_spec, cutoff).unwrap();
+    assert_eq!(loaded.forgotten, std::slice::from_ref(&old));
+    assert_eq!(rows_of(&store, &old), [0; 5]);
+    assert!(!loaded.logs.contains_key(&old));
     let mut sched = Scheduler::new(Config::default());
     let report = sched.restore(ms(0), loaded.restore);
     assert!(report.skipped.is_empty(), "{report:?}");
-    assert!(sched.run_view("run-old").is_none());
-    assert_eq!(sched.run_view("run-new").unwrap().state, "succeeded");
-    assert_eq!(sched.run_view("run-active").unwrap().state, "running");
-    assert_eq!(store.ended_before(u64::MAX), ["run-new"]);
+    assert!(sched.run_view(&old).is_none());
+    assert_eq!(sched.run_view(&new).unwrap().state, "succeeded");
+    assert_eq!(sched.run_view(&active).unwrap().state, "running");
+    assert_eq!(store.ended_before(u64::MAX), std::slice::from_ref(&new));
     drop(store);
 
     let (_store, loaded) = open(&dir);
@@ -363,6 +424,6 @@ fn opening_deletes_the_runs_that_ended_before_the_cutoff() {
     );
     let mut sched = Scheduler::new(Config::default());
     sched.restore(ms(0), loaded.restore);
-    assert!(sched.run_view("run-old").is_none(), "still gone");
+    assert!(sched.run_view(&old).is_none(), "still gone");
     assert_eq!(sched.run_summaries().len(), 2);
 }

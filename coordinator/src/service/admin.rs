@@ -1,10 +1,13 @@
 //! `AdminService`: what operators ask with grpcurl.
 
 use drover_proto::v1 as pb;
+use drover_scheduler::state::{RunRef, SchedError};
 use pb::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
-use crate::actor::{Command, Handle, RunRef};
+use crate::actor::Handle;
+use crate::convert;
+use crate::error::CoordError;
 
 pub struct AdminSvc {
     actor: Handle,
@@ -22,10 +25,8 @@ impl AdminService for AdminSvc {
         &self,
         _: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let agents = self
-            .actor
-            .query(|reply| Command::ListAgents { reply })
-            .await?;
+        let agents = self.actor.read(|s| s.agent_views()).await?;
+        let agents = agents.into_iter().map(convert::agent_info).collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
 
@@ -33,10 +34,8 @@ impl AdminService for AdminSvc {
         &self,
         _: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let runs = self
-            .actor
-            .query(|reply| Command::ListRuns { reply })
-            .await?;
+        let runs = self.actor.read(|s| s.run_summaries()).await?;
+        let runs = runs.iter().map(convert::run_info).collect();
         Ok(Response::new(pb::ListRunsResponse { runs }))
     }
 
@@ -45,10 +44,14 @@ impl AdminService for AdminSvc {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         let run = RunRef::Id(request.into_inner().run_id);
-        Ok(Response::new(
-            self.actor
-                .ask(|reply| Command::GetRun { run, reply })
-                .await?,
-        ))
+        let view = self
+            .actor
+            .read(move |s| {
+                let id = s.resolve(&run)?;
+                s.run_view(&id).ok_or(SchedError::UnknownRun(id))
+            })
+            .await?
+            .map_err(CoordError::from)?;
+        Ok(Response::new(convert::get_run(&view)))
     }
 }

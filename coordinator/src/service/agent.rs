@@ -1,11 +1,12 @@
-//! `AgentService.Connect`: one bidirectional stream per agent.
+//! `AgentService.Connect`: one bidirectional stream per agent. The handler turns each message
+//! into a scheduler event (see [`convert`](crate::convert)) and each action back into a message.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use drover_proto::v1 as pb;
-use drover_scheduler::state::{Held, Hello};
+use drover_scheduler::state::{Event, Reply};
 use pb::agent_service_server::AgentService;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -13,9 +14,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actor::{Command, Handle};
+use crate::convert;
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued for an agent before it counts as not reading.
+const OUTBOUND_QUEUE: usize = 1024;
 
 pub struct AgentSvc {
     actor: Handle,
@@ -28,26 +32,6 @@ impl AgentSvc {
             actor,
             next_conn: AtomicU64::new(1),
         }
-    }
-}
-
-fn hello_from_proto(h: pb::Hello) -> Hello {
-    Hello {
-        name: h.name,
-        instance_id: h.instance_id,
-        launch_template: h.launch_template,
-        slots: h.slots,
-        ci_execution_id: (!h.ci_execution_id.is_empty()).then_some(h.ci_execution_id),
-        held: h
-            .held_leases
-            .iter()
-            .filter_map(|l| {
-                Some(Held {
-                    lease: l.lease_id.parse().ok()?,
-                    token: l.fencing_token,
-                })
-            })
-            .collect(),
     }
 }
 
@@ -66,7 +50,7 @@ impl AgentService for AgentSvc {
                 Status::deadline_exceeded("no Hello within 10s of opening the stream")
             })??;
         let hello = match first.and_then(|m| m.msg) {
-            Some(pb::agent_message::Msg::Hello(h)) => h,
+            Some(pb::agent_message::Msg::Hello(h)) => convert::hello(h),
             _ => {
                 return Err(Status::invalid_argument(
                     "the first message on the stream must be Hello",
@@ -75,27 +59,37 @@ impl AgentService for AgentSvc {
         };
         let name = hello.name.clone();
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(1024);
-        let agent = self
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let reply = self
             .actor
-            .ask(|reply| Command::Hello {
-                hello: hello_from_proto(hello),
+            .ask(|reply| Command::Connect {
+                hello,
                 conn,
                 tx,
                 reply,
             })
             .await?;
+        let Reply::Agent(agent) = reply else {
+            return Err(Status::internal(format!("Hello answered {reply:?}")));
+        };
         // The reader lives as long as the agent's stream and tells the actor when it ends.
         let actor = self.actor.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(pb::AgentMessage { msg: Some(msg) })) => {
-                        if actor
-                            .send(Command::FromAgent { agent, conn, msg })
-                            .await
-                            .is_err()
-                        {
+                        let event = match convert::agent_event(agent, msg) {
+                            Ok(event) => event,
+                            Err(e) => {
+                                tracing::warn!(agent = %name, error = %e, "agent message ignored");
+                                continue;
+                            }
+                        };
+                        if matches!(event, Event::Draining { .. }) {
+                            tracing::info!(agent = %name, "agent draining");
+                        }
+                        let cmd = Command::FromAgent { agent, conn, event };
+                        if actor.send(cmd).await.is_err() {
                             break;
                         }
                     }
@@ -107,7 +101,7 @@ impl AgentService for AgentSvc {
                     }
                 }
             }
-            let _ = actor.send(Command::AgentGone { agent, conn }).await;
+            let _ = actor.send(Command::Gone { agent, conn }).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -3,13 +3,15 @@
 use std::pin::Pin;
 
 use drover_proto::v1 as pb;
+use drover_scheduler::state::{Reply, RunRef, RunSpec};
 use pb::run_service_server::RunService;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::actor::{Command, Handle, RunRef, run_spec};
-use crate::convert::task_from_proto;
+use crate::actor::{Command, Handle};
+use crate::convert;
+use crate::error::CoordError;
 use crate::runlog::Filter;
 
 pub struct RunSvc {
@@ -22,23 +24,36 @@ impl RunSvc {
     }
 }
 
+fn run_ref(run_id: String, ci_execution_id: String) -> Result<RunRef, Status> {
+    RunRef::from_fields(run_id, ci_execution_id).map_err(|e| CoordError::from(e).into())
+}
+
+fn unexpected(reply: Reply) -> Status {
+    Status::internal(format!("unexpected answer {reply:?}"))
+}
+
 #[tonic::async_trait]
 impl RunService for RunSvc {
     async fn start_run(
         &self,
         request: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
-        let request = request.into_inner();
-        let spec = run_spec(request.clone())?;
-        let (run_id, existing) = self
+        let request = convert::run_request(request.into_inner());
+        let spec = RunSpec::from_request(&request).map_err(CoordError::from)?;
+        let reply = self
             .actor
             .ask(|reply| Command::StartRun {
+                request,
                 spec,
-                request: Box::new(request),
                 reply,
             })
             .await?;
-        Ok(Response::new(pb::StartRunResponse { run_id, existing }))
+        match reply {
+            Reply::RunStarted { run_id, existing } => {
+                Ok(Response::new(pb::StartRunResponse { run_id, existing }))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn submit_graph(
@@ -46,17 +61,28 @@ impl RunService for RunSvc {
         request: Request<pb::SubmitGraphRequest>,
     ) -> Result<Response<pb::SubmitGraphResponse>, Status> {
         let req = request.into_inner();
-        let run = RunRef::from_fields(req.run_id, req.ci_execution_id)?;
-        let tasks = req.tasks.into_iter().map(task_from_proto).collect();
-        let (run_id, submission_id, task_count) = self
+        let run = run_ref(req.run_id, req.ci_execution_id)?;
+        let tasks = req
+            .tasks
+            .into_iter()
+            .map(convert::task_from_proto)
+            .collect();
+        let reply = self
             .actor
             .ask(|reply| Command::Submit { run, tasks, reply })
             .await?;
-        Ok(Response::new(pb::SubmitGraphResponse {
-            submission_id,
-            task_count,
-            run_id,
-        }))
+        match reply {
+            Reply::Submitted {
+                run_id,
+                submission,
+                tasks,
+            } => Ok(Response::new(pb::SubmitGraphResponse {
+                submission_id: submission,
+                task_count: tasks,
+                run_id,
+            })),
+            other => Err(unexpected(other)),
+        }
     }
 
     type WatchRunStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -66,7 +92,7 @@ impl RunService for RunSvc {
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         let req = request.into_inner();
-        let run = RunRef::from_fields(req.run_id, req.ci_execution_id)?;
+        let run = run_ref(req.run_id, req.ci_execution_id)?;
         let filter = Filter {
             submission: (req.submission_id > 0).then_some(req.submission_id),
             all_output: req.all_output,
@@ -89,7 +115,7 @@ impl RunService for RunSvc {
         request: Request<pb::CompleteRunRequest>,
     ) -> Result<Response<pb::CompleteRunResponse>, Status> {
         let req = request.into_inner();
-        let run = RunRef::from_fields(req.run_id, req.ci_execution_id)?;
+        let run = run_ref(req.run_id, req.ci_execution_id)?;
         self.actor
             .ask(|reply| Command::Complete { run, reply })
             .await?;

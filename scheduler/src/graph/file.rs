@@ -100,14 +100,10 @@ fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
             t.id.referenced.line() as u32,
             t.id.referenced.column() as u32,
         )));
-        let id = t.id.value;
-        let (project, target, configuration) = split_task_id(&id);
-        tasks.push(TaskSpec {
-            project: t.project.unwrap_or_else(|| project.to_string()),
-            target: t.target.unwrap_or_else(|| target.to_string()),
-            configuration: t
-                .configuration
-                .or_else(|| configuration.map(str::to_string)),
+        let mut task = TaskSpec {
+            project: t.project.unwrap_or_default(),
+            target: t.target.unwrap_or_default(),
+            configuration: t.configuration,
             command: t.command,
             depends_on: t.depends_on,
             cache: t.cache.unwrap_or(true),
@@ -116,8 +112,10 @@ fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
             timeout: t.timeout,
             estimate: t.estimate,
             parallelism: t.parallelism,
-            id,
-        });
+            id: t.id.value,
+        };
+        task.fill_from_id();
+        tasks.push(task);
     }
     let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
     let place_of = |task: &str| -> String {

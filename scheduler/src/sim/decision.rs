@@ -8,7 +8,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::rules::RuleSet;
-use crate::state::{Action, AgentId, Config, Hello, LeaseId, RunSpec, Scheduler, TaskResult};
+use crate::state::{
+    Action, AgentId, Config, Event, Hello, LeaseId, Outcome, Reply, RunRef, RunSpec, Scheduler,
+    TaskResult,
+};
 use crate::task::TaskSpec;
 
 const RULES: &str = "\
@@ -43,36 +46,33 @@ impl DecisionBench {
         });
         let zero = Duration::ZERO;
         let rules = RuleSet::parse("bench-rules.yaml", RULES).expect("valid rules");
-        let (run, _) = sched
-            .start_run(
-                zero,
-                "bench".into(),
-                RunSpec {
-                    ci_execution_id: "bench".into(),
-                    rules,
-                    ..RunSpec::default()
-                },
-            )
-            .expect("a new run");
+        let mut actions = Vec::new();
+        let spec = RunSpec {
+            ci_execution_id: "bench".into(),
+            rules,
+            ..RunSpec::default()
+        };
+        let outcome = sched.handle(zero, Event::StartRun { spec, unix_ms: 0 });
+        let Ok(Reply::RunStarted { run_id: run, .. }) = outcome.reply else {
+            panic!("a new run: {:?}", outcome.reply);
+        };
         for k in 0..agents {
             let template = if k % 5 == 4 {
                 "linux-large"
             } else {
                 "linux-medium"
             };
-            sched
-                .agent_connected(
-                    zero,
-                    Hello {
-                        name: format!("agent-{k}"),
-                        instance_id: "bench".into(),
-                        launch_template: template.into(),
-                        slots: 2,
-                        ci_execution_id: None,
-                        held: Vec::new(),
-                    },
-                )
-                .expect("a valid agent");
+            let hello = Hello {
+                name: format!("agent-{k}"),
+                instance_id: "bench".into(),
+                launch_template: template.into(),
+                slots: 2,
+                ci_execution_id: None,
+                held: Vec::new(),
+            };
+            let outcome = sched.handle(zero, Event::Hello(hello));
+            outcome.reply.expect("a valid agent");
+            actions.extend(outcome.actions);
         }
         let targets = ["lint", "build", "test", "lint", "build", "test", "e2e"];
         let graph: Vec<TaskSpec> = (0..tasks)
@@ -82,7 +82,10 @@ impl DecisionBench {
                 t
             })
             .collect();
-        sched.submit(zero, &run, graph).expect("a valid graph");
+        let run = RunRef::Id(run);
+        let outcome = sched.handle(zero, Event::Submit { run, tasks: graph });
+        outcome.reply.as_ref().expect("a valid graph");
+        actions.extend(outcome.actions);
         let mut bench = DecisionBench {
             sched,
             running: VecDeque::new(),
@@ -90,12 +93,12 @@ impl DecisionBench {
             tasks,
             agents,
         };
-        bench.collect();
+        bench.collect(actions);
         bench
     }
 
-    fn collect(&mut self) {
-        for action in self.sched.take_actions() {
+    fn collect(&mut self, actions: Vec<Action>) {
+        for action in actions {
             if let Action::Lease { agent, grant } = action {
                 self.running.push_back((agent, grant.lease, grant.token));
             }
@@ -109,16 +112,18 @@ impl DecisionBench {
             return false;
         };
         self.now += Duration::from_millis(1);
-        self.sched
-            .task_finished(
-                self.now,
-                agent,
-                lease,
-                token,
-                TaskResult::success(Duration::from_secs(1)),
-            )
-            .expect("an active lease");
-        self.collect();
+        let event = Event::Finished {
+            agent,
+            lease,
+            token,
+            result: TaskResult::success(Duration::from_secs(1)),
+        };
+        let Outcome { actions, .. } = self.sched.handle(self.now, event);
+        debug_assert!(
+            !actions.iter().any(|a| matches!(a, Action::Refused { .. })),
+            "an active lease"
+        );
+        self.collect(actions);
         true
     }
 

@@ -25,8 +25,8 @@ use crate::estimate::Estimates;
 use crate::fleet::FleetSpec;
 use crate::rules::RuleSet;
 use crate::state::{
-    Action, AgentId, Config, Hello, LeaseId, Policy, RunEvent, RunSpec, SchedError, Scheduler,
-    TaskResult, TaskStatus,
+    Action, AgentId, Config, Event, Hello, LeaseId, Policy, Reply, RunEvent, RunRef, RunSpec,
+    SchedError, Scheduler, TaskResult, TaskStatus,
 };
 use crate::task::TaskSpec;
 
@@ -191,24 +191,45 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
         rules: setup.rules.clone(),
         ..RunSpec::default()
     };
-    let (run_id, _) = sched.start_run(zero, "simulation".into(), spec)?;
+    let mut actions = Vec::new();
+    let send = |sched: &mut Scheduler, actions: &mut Vec<Action>, event: Event| {
+        let outcome = sched.handle(zero, event);
+        actions.extend(outcome.actions);
+        outcome.reply
+    };
+    let run_id = match send(
+        &mut sched,
+        &mut actions,
+        Event::StartRun { spec, unix_ms: 0 },
+    )? {
+        Reply::RunStarted { run_id, .. } => run_id,
+        other => unreachable!("a new run answered {other:?}"),
+    };
     let mut by_id: HashMap<AgentId, usize> = HashMap::new();
     for (k, a) in agents.iter().enumerate() {
-        let id = sched.agent_connected(
-            zero,
-            Hello {
-                name: a.name.clone(),
-                instance_id: "sim".into(),
-                launch_template: a.template.clone(),
-                slots: a.slots,
-                ci_execution_id: None,
-                held: Vec::new(),
-            },
-        )?;
-        by_id.insert(id, k);
+        let hello = Hello {
+            name: a.name.clone(),
+            instance_id: "sim".into(),
+            launch_template: a.template.clone(),
+            slots: a.slots,
+            ci_execution_id: None,
+            held: Vec::new(),
+        };
+        if let Reply::Agent(id) = send(&mut sched, &mut actions, Event::Hello(hello))? {
+            by_id.insert(id, k);
+        }
     }
-    sched.submit(zero, &run_id, setup.tasks.to_vec())?;
-    sched.complete_run(zero, &run_id)?;
+    let run = RunRef::Id(run_id);
+    let tasks = setup.tasks.to_vec();
+    send(
+        &mut sched,
+        &mut actions,
+        Event::Submit {
+            run: run.clone(),
+            tasks,
+        },
+    )?;
+    send(&mut sched, &mut actions, Event::Complete { run })?;
 
     // Completions in time order; ties in lease order.
     let mut pending: BinaryHeap<Reverse<Completion>> = BinaryHeap::new();
@@ -223,7 +244,7 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
     let mut done = false;
     let mut failed: Option<String> = None;
     loop {
-        for action in sched.take_actions() {
+        for action in std::mem::take(&mut actions) {
             match action {
                 Action::Lease { agent, grant } => {
                     let k = by_id[&agent];
@@ -257,7 +278,7 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
                     }
                     _ => {}
                 },
-                Action::Cancel { .. } | Action::Stop { .. } => {}
+                _ => {}
             }
         }
         if done {
@@ -273,7 +294,7 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
         };
         now = at;
         // Every task that ends at this instant ends before any free slot chooses.
-        sched.defer_assignment();
+        let mut ended = Vec::new();
         while let Some(Reverse((t, _, agent, lease, token))) = pending.peek().copied() {
             if t != now {
                 break;
@@ -283,11 +304,19 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
             let p = &schedule[placed];
             busy[by_id[&agent]][p.slot as usize] = false;
             let took = p.end_ms - p.start_ms;
-            sched
-                .task_finished(now, agent, lease, token, TaskResult::success(took))
-                .expect("the simulator reports only leases it holds");
+            ended.push(Event::Finished {
+                agent,
+                lease,
+                token,
+                result: TaskResult::success(took),
+            });
         }
-        sched.resume_assignment(now);
+        let (_, more) = sched.handle_batch(now, ended);
+        debug_assert!(
+            !more.iter().any(|a| matches!(a, Action::Refused { .. })),
+            "the simulator reports only leases it holds"
+        );
+        actions = more;
     }
     let makespan = schedule.iter().map(|p| p.end_ms).max().unwrap_or(zero);
     let slots: u64 = agents.iter().map(|a| u64::from(a.slots)).sum();

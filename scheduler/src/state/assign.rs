@@ -1,24 +1,10 @@
 //! Handing ready tasks to free slots: eligibility, capacity, run fairness, waiting reports.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::*;
 
 impl Scheduler {
-    /// Holds assignment back until [`resume_assignment`](Self::resume_assignment): events that
-    /// happen at the same instant (several tasks ending at once) are all taken in before any
-    /// free slot chooses. The simulator uses it; so may an owner that drains a burst of messages.
-    pub fn defer_assignment(&mut self) {
-        self.assignment_deferred = true;
-    }
-
-    /// Ends [`defer_assignment`](Self::defer_assignment) and hands out what is ready.
-    pub fn resume_assignment(&mut self, now: Duration) {
-        self.assignment_deferred = false;
-        self.assign(now);
-    }
-
     /// Hands ready tasks to free slots until nothing more fits.
     ///
     /// Only agents in the free set are looked at (an agent joins it when it connects or a lease
@@ -26,25 +12,23 @@ impl Scheduler {
     /// scan the whole fleet. An idle agent that finds nothing speaks for every idle agent of the
     /// same launch template and CI execution: they are not asked again in this pass.
     pub(super) fn assign(&mut self, now: Duration) {
-        if self.ready_total == 0 || self.assignment_deferred {
+        if self.runs.ready_total() == 0 || self.assignment_deferred {
             return;
-        }
-        if self.free_agents_seen != self.agents.len() {
-            // An agent came or went by a path that did not tell the free set: look at all.
-            self.free_agents = self.agents.keys().copied().collect();
-            self.free_agents_seen = self.agents.len();
         }
         // Passes over the free agents, least loaded first, one task per agent per pass: work
         // spreads over machines instead of filling one while an identical one idles.
         let mut idle_and_unserved: Vec<(String, Option<String>)> = Vec::new();
-        while self.ready_total > 0 && self.assign_pass(now, &mut idle_and_unserved) {}
+        while self.runs.ready_total() > 0 && self.assign_pass(now, &mut idle_and_unserved) {}
         #[cfg(debug_assertions)]
-        for a in self.agents.values() {
-            debug_assert!(
-                !a.can_take() || self.free_agents.contains(&a.id),
-                "agent {} has a free slot but is not in the free set",
-                a.id
-            );
+        {
+            let free: std::collections::HashSet<AgentId> = self.agents.maybe_free().collect();
+            for a in self.agents.iter() {
+                debug_assert!(
+                    !a.can_take() || free.contains(&a.id),
+                    "agent {} has a free slot but is not in the free set",
+                    a.id
+                );
+            }
         }
     }
 
@@ -56,18 +40,18 @@ impl Scheduler {
         now: Duration,
         idle_and_unserved: &mut Vec<(String, Option<String>)>,
     ) -> bool {
-        let mut candidates: Vec<AgentId> = self.free_agents.iter().copied().collect();
-        candidates.sort_by_key(|id| {
+        let mut candidates: Vec<AgentId> = self.agents.maybe_free().collect();
+        candidates.sort_by_key(|&id| {
             let load = self.agents.get(id).map_or(u64::MAX, |a| {
                 u64::from(a.running()) * 1_000_000 / u64::from(a.slots.max(1))
             });
-            (load, *id)
+            (load, id)
         });
         // Launch templates with a free slot now, and how many free agents each has.
         // (With one free agent there is no other template to leave work to.)
         let mut free_templates: Vec<(String, usize)> = Vec::new();
         if candidates.len() > 1 {
-            for id in &candidates {
+            for &id in &candidates {
                 match self.agents.get(id) {
                     Some(a) if a.can_take() => {
                         match free_templates.iter_mut().find(|(t, _)| *t == a.template) {
@@ -75,15 +59,13 @@ impl Scheduler {
                             None => free_templates.push((a.template.clone(), 1)),
                         }
                     }
-                    _ => {
-                        self.free_agents.remove(id);
-                    }
+                    _ => self.agents.not_free(id),
                 }
             }
         }
         let mut again = false;
         for id in candidates {
-            let Some(agent) = self.agents.get(&id) else {
+            let Some(agent) = self.agents.get(id) else {
                 continue;
             };
             if !agent.can_take() {
@@ -102,16 +84,16 @@ impl Scheduler {
                 }
                 None => false,
             };
-            let agent = &self.agents[&id];
+            let agent = self.agents.get(id).expect("a candidate is known");
             again |= granted && agent.can_take();
             if !agent.can_take() {
                 if let Some(entry) = free_templates
                     .iter_mut()
                     .find(|(t, _)| *t == agent.template)
                 {
-                    entry.1 = entry.1.saturating_sub(1);
+                    entry.1 -= 1;
                 }
-                self.free_agents.remove(&id);
+                self.agents.not_free(id);
             } else if let Some(kind) = kind
                 && !granted
                 && !avoided
@@ -120,16 +102,11 @@ impl Scheduler {
                 // (Under binning, agents of one template differ: each serves its own bins.)
                 idle_and_unserved.push(kind);
             }
-            if self.ready_total == 0 {
+            if self.runs.ready_total() == 0 {
                 break;
             }
         }
         again
-    }
-
-    /// Marks an agent as possibly able to take work (it connected, or a lease of it ended).
-    pub(super) fn agent_may_take(&mut self, id: AgentId) {
-        self.free_agents.insert(id);
     }
 
     /// The best ready task for one free slot of `agent`: runs take turns; within a run, the
@@ -142,17 +119,18 @@ impl Scheduler {
     ) -> Option<(usize, usize)> {
         // The live runs, starting at the cursor and wrapping around.
         let live = self.runs.live().len();
-        let start = self.runs.live_from(self.next_run_turn);
+        let start = self.runs.live_from(self.runs.turn);
         for k in 0..live {
             let r = self.runs.live()[(start + k) % live];
-            if self.runs[r].ready_count == 0
-                || self.runs[r].stopping.is_some()
-                || !serves(&self.by_execution, &self.agents[&agent_id], r)
+            let agent = self.agents.get(agent_id).expect("a candidate is known");
+            if self.runs[r].ready_count() == 0
+                || self.runs[r].stopping_after.is_some()
+                || !serves(&self.runs, agent, r)
             {
                 continue;
             }
             if let Some(i) = self.pick_in_run(agent_id, r, free_templates, avoided) {
-                self.next_run_turn = (r + 1) % self.runs.len();
+                self.runs.turn = (r + 1) % self.runs.len();
                 return Some((r, i));
             }
         }
@@ -171,7 +149,7 @@ impl Scheduler {
         free_templates: &[(String, usize)],
         avoided: &mut bool,
     ) -> Option<usize> {
-        let agent = &self.agents[&agent_id];
+        let agent = self.agents.get(agent_id).expect("a candidate is known");
         let run = &self.runs[r];
         let rules = &run.spec.rules;
         let keys: Vec<(Key, bool)> = run
@@ -232,13 +210,13 @@ impl Scheduler {
         avoided: &mut bool,
     ) -> Option<Entry> {
         const LOOK_DEEPER: usize = 32;
-        let agent = &self.agents[&agent_id];
+        let agent = self.agents.get(agent_id).expect("a candidate is known");
         let run = &mut self.runs[r];
         let heap = run.ready.classes.get_mut(&key)?;
         // The common case: the top is ready and fits; leave the heap as it is.
         while let Some(top) = heap.peek() {
             let t = &run.tasks[top.task];
-            if t.phase != Phase::Ready {
+            if t.phase() != Phase::Ready {
                 heap.pop(); // stale
                 continue;
             }
@@ -249,19 +227,22 @@ impl Scheduler {
         }
         let mut held_back = Vec::new();
         let mut found = None;
+        let newest_for = served_execution(&self.runs, r);
+        let run = &mut self.runs[r];
+        let heap = run.ready.classes.get_mut(&key)?;
         while let Some(top) = heap.pop() {
             let t = &run.tasks[top.task];
-            if t.phase != Phase::Ready {
+            if t.phase() != Phase::Ready {
                 continue; // stale
             }
             held_back.push(top);
             // A retry prefers an agent it has not failed on, when one has a free slot now.
             let avoid = t.avoid.contains(&agent_id)
-                && self.agents.values().any(|a| {
+                && self.agents.iter().any(|a| {
                     a.id != agent_id
                         && a.can_take()
                         && !t.avoid.contains(&a.id)
-                        && serves(&self.by_execution, a, r)
+                        && serves_execution(a, newest_for.as_deref())
                         && run.spec.rules.allows(t.class, &a.template)
                 });
             *avoided |= avoid;
@@ -277,44 +258,45 @@ impl Scheduler {
         found
     }
 
+    /// Leases task `i` of run `r` to the agent under a new lease id and fencing token.
     pub(super) fn grant(&mut self, now: Duration, agent_id: AgentId, r: usize, i: usize) {
-        let lease_id = LeaseId(self.next_lease);
-        self.next_lease += 1;
-        let token = self.next_token;
-        self.next_token += 1;
+        let t = &self.runs[r].tasks[i];
+        let (lease_id, token) = self.leases.grant(Lease {
+            token: 0,
+            agent: agent_id,
+            run: r,
+            task: i,
+            granted_at: now,
+            started: false,
+            group: (r, t.class),
+            cache: t.spec.cache,
+        });
+        self.place(agent_id, r, i, lease_id, token);
+    }
+
+    /// The task of a granted lease goes to its agent: the slot is taken, the agent is sent
+    /// the lease and the main job hears that the task started.
+    pub(super) fn place(
+        &mut self,
+        agent_id: AgentId,
+        r: usize,
+        i: usize,
+        lease_id: LeaseId,
+        token: u64,
+    ) {
         let agent = self
             .agents
-            .get_mut(&agent_id)
+            .get_mut(agent_id)
             .expect("picked for a known agent");
+        self.runs.take_ready(r, i, lease_id);
         let run = &mut self.runs[r];
         let t = &mut run.tasks[i];
-        t.phase = Phase::Leased(lease_id);
         t.attempts += 1;
         t.agent = agent.name.clone();
-        run.ready_count -= 1;
-        self.ready_total -= 1;
         if !run.waiting_reported.is_empty() {
             run.waiting_reported.remove(&t.class);
         }
-        let group = (r, t.class);
-        agent.leases.push(lease_id);
-        *agent.groups.entry(group).or_insert(0) += 1;
-        if !t.spec.cache {
-            agent.non_cacheable += 1;
-        }
-        self.leases.insert(
-            lease_id,
-            Lease {
-                token,
-                agent: agent_id,
-                run: r,
-                task: i,
-                granted_at: now,
-                started: false,
-                group,
-                cache: t.spec.cache,
-            },
-        );
+        agent.take_slot(lease_id, (r, t.class), t.spec.cache);
         let mut env = run.spec.env.clone();
         env.extend(t.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let grant = LeaseGrant {
@@ -348,7 +330,7 @@ impl Scheduler {
     pub(super) fn report_waiting(&mut self) {
         for k in 0..self.runs.live().len() {
             let r = self.runs.live()[k];
-            if self.runs[r].ready_count == 0 || !self.runs[r].is_active() {
+            if self.runs[r].ready_count() == 0 || !self.runs[r].is_active() {
                 continue;
             }
             let mut classes: Vec<Class> = self.runs[r]
@@ -363,12 +345,8 @@ impl Scheduler {
             for class in classes {
                 let run = &self.runs[r];
                 let rules = &run.spec.rules;
-                let served = self.agents.values().any(|a| {
-                    a.connected
-                        && !a.draining
-                        && !a.stopped
-                        && serves(&self.by_execution, a, r)
-                        && rules.allows(class, &a.template)
+                let served = self.agents.iter().any(|a| {
+                    a.serving() && serves(&self.runs, a, r) && rules.allows(class, &a.template)
                 });
                 if served {
                     continue;
@@ -380,7 +358,7 @@ impl Scheduler {
                         .iter()
                         .filter(|(k, _)| k.class == class)
                         .flat_map(|(_, h)| h.iter())
-                        .filter(|e| run.tasks[e.task].phase == Phase::Ready)
+                        .filter(|e| run.tasks[e.task].phase() == Phase::Ready)
                         .map(|e| run.tasks[e.task].spec.id.clone())
                         .collect();
                     ids.sort();
@@ -436,7 +414,7 @@ pub(super) fn fits(agent: &Agent, r: usize, t: &TaskState, rules: &crate::rules:
     if agent.running() >= agent.slots {
         return false;
     }
-    if !t.spec.cache && agent.non_cacheable > 0 {
+    if !t.spec.cache && agent.non_cacheable() > 0 {
         return false;
     }
     let cap = t
@@ -447,9 +425,24 @@ pub(super) fn fits(agent: &Agent, r: usize, t: &TaskState, rules: &crate::rules:
 }
 
 /// Runs an agent serves: CI agents the newest run of their execution, others every run.
-pub(super) fn serves(by_execution: &HashMap<String, usize>, agent: &Agent, r: usize) -> bool {
+pub(super) fn serves(runs: &Runs, agent: &Agent, r: usize) -> bool {
     match &agent.ci_execution_id {
-        Some(exec) => by_execution.get(exec) == Some(&r),
+        Some(exec) => runs.newest_of(exec) == Some(r),
+        None => true,
+    }
+}
+
+/// The CI execution whose agents may serve run `r`: the run's own, when it is the newest run
+/// of that execution.
+fn served_execution(runs: &Runs, r: usize) -> Option<String> {
+    let exec = &runs[r].spec.ci_execution_id;
+    (runs.newest_of(exec) == Some(r)).then(|| exec.clone())
+}
+
+/// [`serves`] with [`served_execution`] worked out beforehand.
+fn serves_execution(agent: &Agent, newest_for: Option<&str>) -> bool {
+    match &agent.ci_execution_id {
+        Some(exec) => newest_for == Some(exec.as_str()),
         None => true,
     }
 }

@@ -25,8 +25,8 @@ impl Scheduler {
         let targets: Vec<(&str, u64)> = work.into_iter().collect();
         let agents: Vec<&Agent> = self
             .agents
-            .values()
-            .filter(|a| a.connected && !a.stopped && assign::serves(&self.by_execution, a, r))
+            .iter()
+            .filter(|a| a.is_live() && !a.stopped && assign::serves(&self.runs, a, r))
             .collect();
         // Which agents may run some task of each target.
         let eligible: Vec<Vec<usize>> = targets

@@ -1,37 +1,51 @@
-//! The scheduling state machine. One owner calls it; every call takes `now`, mutates state, and
-//! queues [`Action`]s that the owner drains with [`Scheduler::take_actions`] and carries out
-//! (send a lease, cancel, stop an agent, record a run event).
+//! The scheduling state machine. One owner feeds it [`Event`]s through
+//! [`Scheduler::handle`], each with the current time, and carries out the [`Action`]s of the
+//! [`Outcome`] (send a welcome, a lease, a cancel or a stop; close a stream; record a run
+//! event). [`Scheduler::next_deadline`] says when the owner must next send [`Event::Tick`].
+//!
+//! The state lives in modules that own their data and keep their own counts: agents
+//! ([`agents`], with their deadlines), leases ([`leases`]), runs ([`runs`], [`run`]) and ready
+//! queues ([`ready`]). The files named after what happens (`connect`, `attempt`, `settle`,
+//! `submit`, `assign`, `deadlines`) hold the decisions that span them.
 
 mod agent;
 mod agents;
 mod assign;
+mod attempt;
 mod bins;
-mod lifecycle;
+mod connect;
+mod deadlines;
+mod event;
+mod leases;
 mod ready;
 mod restore;
-mod retention;
 #[cfg(test)]
 mod retention_tests;
 mod run;
 mod runs;
-mod slots;
+mod settle;
+mod submit;
+#[cfg(test)]
+mod test_api;
 #[cfg(test)]
 mod tests;
 mod types;
 mod views;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+pub use event::{Event, Outcome, Reply, RunRef, RunRequest};
 pub use restore::{AgentRecord, Counters, LeaseRecord, Replay, Restore, Restored, TaskRecord};
 pub use types::*;
+pub use views::{AgentView, Gauges, Progress, RunSummary, RunView, TemplateGauges};
 
-use agent::{Agent, Group};
+use agent::{Agent, Presence};
+use agents::Agents;
+use leases::{Lease, Leases};
 use ready::{Class, Entry, Key};
 use run::{Phase, Run, Submission, TaskState};
-use slots::Runs;
+use runs::Runs;
 
-use crate::duration::format_duration;
 use crate::estimate::Estimates;
 use crate::graph::{GraphError, TaskGraph};
 use crate::task::TaskSpec;
@@ -52,7 +66,8 @@ pub enum Policy {
     Binning,
 }
 
-/// Timing and retry settings.
+/// Timing and retry settings. [`Config::default`] holds the defaults the coordinator and the
+/// CLI flags use.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub heartbeat_interval: Duration,
@@ -77,19 +92,6 @@ impl Default for Config {
     }
 }
 
-/// Granted lease, as the scheduler tracks it.
-#[derive(Debug)]
-struct Lease {
-    token: u64,
-    agent: AgentId,
-    run: usize,
-    task: usize,
-    granted_at: Duration,
-    started: bool,
-    group: Group,
-    cache: bool,
-}
-
 /// Why a lease is being taken back.
 enum Revoke {
     /// The agent was lost: counts against the task's attempts.
@@ -98,86 +100,24 @@ enum Revoke {
     Returned(String),
 }
 
-/// Progress of a run or submission.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub total: usize,
-    pub queued: usize,
-    pub running: usize,
-    pub succeeded: usize,
-    pub failed: usize,
-    pub skipped: usize,
-}
-
-/// A snapshot of an agent for operators.
-#[derive(Clone, Debug)]
-pub struct AgentView {
-    pub id: AgentId,
-    pub name: String,
-    pub template: String,
-    pub slots: u32,
-    pub ci_execution_id: Option<String>,
-    pub connected: bool,
-    pub draining: bool,
-    pub running: Vec<String>,
-}
-
-/// A run's state and counts, without its tasks: for listings and metrics.
-#[derive(Clone, Debug)]
-pub struct RunSummary {
-    pub id: String,
-    pub ci_execution_id: String,
-    pub state: &'static str,
-    pub progress: Progress,
-}
-
-/// A snapshot of a run, with every task, for operators and the main job.
-#[derive(Clone, Debug)]
-pub struct RunView {
-    pub id: String,
-    pub ci_execution_id: String,
-    pub state: &'static str,
-    pub progress: Progress,
-    pub tasks: Vec<TaskSummary>,
-}
-
-impl RunView {
-    pub fn summary(&self) -> RunSummary {
-        RunSummary {
-            id: self.id.clone(),
-            ci_execution_id: self.ci_execution_id.clone(),
-            state: self.state,
-            progress: self.progress,
-        }
-    }
-}
+/// How long after a change the scheduler looks for ready tasks that no agent may run.
+const WAITING_CHECK: Duration = Duration::from_millis(100);
 
 /// The scheduler: runs, agents, leases.
 pub struct Scheduler {
     config: Config,
-    /// Runs by index; a forgotten run leaves a tombstone so indices never shift.
     runs: Runs,
-    run_index: HashMap<String, usize>,
-    /// The newest run of each CI execution id.
-    by_execution: HashMap<String, usize>,
-    agents: BTreeMap<AgentId, Agent>,
-    identities: HashMap<(String, String), AgentId>,
-    leases: HashMap<LeaseId, Lease>,
+    agents: Agents,
+    leases: Leases,
     estimates: Estimates,
-    next_agent: u64,
-    next_lease: u64,
-    next_token: u64,
+    /// Orders tasks that become ready (ties of rank go to the older).
     next_seq: u64,
-    /// Round-robin cursor over runs, so runs that share agents take turns.
-    next_run_turn: usize,
-    ready_total: usize,
+    /// What the event being handled has led to so far.
     actions: Vec<Action>,
-    /// Agents that may have a free slot (a superset, cleaned as assignment meets them).
-    free_agents: BTreeSet<AgentId>,
-    /// `agents.len()` when `free_agents` was last complete.
-    free_agents_seen: usize,
-    /// Set by `defer_assignment`: events are taken in, nothing is handed out yet.
+    /// Set while a batch is taken in: nothing is handed out until its end.
     assignment_deferred: bool,
+    /// When to look for ready tasks that no connected agent may run.
+    waiting_check: Option<Duration>,
 }
 
 impl Scheduler {
@@ -185,22 +125,13 @@ impl Scheduler {
         Scheduler {
             config,
             runs: Runs::default(),
-            run_index: HashMap::new(),
-            by_execution: HashMap::new(),
-            agents: BTreeMap::new(),
-            identities: HashMap::new(),
-            leases: HashMap::new(),
+            agents: Agents::new(),
+            leases: Leases::default(),
             estimates: Estimates::default(),
-            next_agent: 1,
-            next_lease: 1,
-            next_token: 1,
             next_seq: 0,
-            next_run_turn: 0,
-            ready_total: 0,
             actions: Vec::new(),
-            free_agents: BTreeSet::new(),
-            free_agents_seen: 0,
             assignment_deferred: false,
+            waiting_check: None,
         }
     }
 
@@ -216,8 +147,110 @@ impl Scheduler {
         self.estimates = estimates;
     }
 
-    /// The actions queued by the calls so far, oldest first.
-    pub fn take_actions(&mut self) -> Vec<Action> {
-        std::mem::take(&mut self.actions)
+    /// Takes in one event at `now` and says what to do about it.
+    pub fn handle(&mut self, now: Duration, event: Event) -> Outcome {
+        debug_assert!(
+            self.actions.is_empty(),
+            "actions left from an earlier event"
+        );
+        let reply = self.apply(now, event);
+        Outcome {
+            reply,
+            actions: std::mem::take(&mut self.actions),
+        }
+    }
+
+    /// Takes in events that happen at the same instant (several tasks ending at once): all of
+    /// them before any free slot chooses. Returns a reply per event and the actions of all.
+    pub fn handle_batch(
+        &mut self,
+        now: Duration,
+        events: impl IntoIterator<Item = Event>,
+    ) -> (Vec<Result<Reply, SchedError>>, Vec<Action>) {
+        debug_assert!(
+            self.actions.is_empty(),
+            "actions left from an earlier event"
+        );
+        self.assignment_deferred = true;
+        let replies = events.into_iter().map(|e| self.apply(now, e)).collect();
+        self.assignment_deferred = false;
+        self.assign(now);
+        (replies, std::mem::take(&mut self.actions))
+    }
+
+    /// When the owner must next send [`Event::Tick`], if ever: the earliest lease timeout,
+    /// reconnect grace or waiting check. A tick before it does nothing.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        match (self.agents.next_deadline(), self.waiting_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn apply(&mut self, now: Duration, event: Event) -> Result<Reply, SchedError> {
+        // A tick re-arms the waiting check itself, only when a deadline fired.
+        let rearm = !matches!(event, Event::Tick);
+        let reply = match event {
+            Event::Hello(hello) => self.on_hello(now, hello).map(Reply::Agent),
+            Event::Heartbeat { agent, held } => {
+                self.on_heartbeat(now, agent, &held);
+                Ok(Reply::Done)
+            }
+            Event::Started {
+                agent,
+                lease,
+                token,
+            } => {
+                self.on_started(now, agent, lease, token);
+                return Ok(Reply::Done);
+            }
+            Event::Output {
+                agent,
+                lease,
+                token,
+                stream,
+                data,
+            } => {
+                self.on_output(agent, lease, token, stream, data);
+                return Ok(Reply::Done);
+            }
+            Event::Finished {
+                agent,
+                lease,
+                token,
+                result,
+            } => {
+                self.on_finished(now, agent, lease, token, result);
+                Ok(Reply::Done)
+            }
+            Event::Draining { agent } => {
+                self.on_draining(now, agent);
+                return Ok(Reply::Done);
+            }
+            Event::Disconnected { agent } => {
+                self.on_disconnected(now, agent);
+                Ok(Reply::Done)
+            }
+            Event::StartRun { spec, unix_ms } => self.on_start_run(spec, unix_ms),
+            Event::Submit { run, tasks } => self.on_submit(run, tasks),
+            Event::Complete { run } => self.on_complete(run),
+            Event::Forget { run_id } => self.on_forget(&run_id).map(|()| Reply::Done),
+            Event::Tick => {
+                self.on_tick(now);
+                Ok(Reply::Done)
+            }
+        };
+        if rearm {
+            self.arm_waiting_check(now);
+        }
+        self.assign(now);
+        reply
+    }
+
+    /// Ready tasks may now wait for an agent type no agent has: look soon.
+    fn arm_waiting_check(&mut self, now: Duration) {
+        if self.runs.ready_total() > 0 && self.waiting_check.is_none() {
+            self.waiting_check = Some(now + WAITING_CHECK);
+        }
     }
 }

@@ -71,6 +71,9 @@ pub struct Counters {
     pub next_agent: u64,
     pub next_lease: u64,
     pub next_token: u64,
+    /// The number in the next run id.
+    #[serde(default)]
+    pub next_run: u64,
 }
 
 /// One thing that happened, replayed in the order it happened.
@@ -79,6 +82,8 @@ pub enum Replay {
     StartRun {
         run_id: String,
         spec: RunSpec,
+        /// When it was opened, by the wall clock (0: not known).
+        unix_ms: u64,
     },
     Submit {
         run_id: String,
@@ -118,10 +123,10 @@ pub struct Restored {
 impl Scheduler {
     /// The record of one task as it stands now.
     pub fn task_record(&self, run_id: &str, task_id: &str) -> Option<TaskRecord> {
-        let run = &self.runs[*self.run_index.get(run_id)?];
+        let run = &self.runs[self.runs.find(run_id).ok()?];
         let t = &run.tasks[*run.index.get(task_id)?];
-        let lease = match t.phase {
-            Phase::Leased(id) => self.leases.get(&id).map(|l| LeaseRecord {
+        let lease = match t.phase() {
+            Phase::Leased(id) => self.leases.get(id).map(|l| LeaseRecord {
                 lease: id,
                 token: l.token,
                 agent: l.agent,
@@ -145,7 +150,7 @@ impl Scheduler {
 
     /// Who a known agent is.
     pub fn agent_record(&self, id: AgentId) -> Option<AgentRecord> {
-        self.agents.get(&id).map(|a| AgentRecord {
+        self.agents.get(id).map(|a| AgentRecord {
             id,
             name: a.name.clone(),
             instance_id: a.instance_id.clone(),
@@ -156,10 +161,12 @@ impl Scheduler {
     }
 
     pub fn counters(&self) -> Counters {
+        let (next_lease, next_token) = self.leases.counters();
         Counters {
-            next_agent: self.next_agent,
-            next_lease: self.next_lease,
-            next_token: self.next_token,
+            next_agent: self.agents.next_id(),
+            next_lease,
+            next_token,
+            next_run: self.runs.next_run(),
         }
     }
 
@@ -178,8 +185,12 @@ impl Scheduler {
 
         for step in restore.steps {
             match step {
-                Replay::StartRun { run_id, mut spec } => {
-                    if self.run_index.contains_key(&run_id) {
+                Replay::StartRun {
+                    run_id,
+                    mut spec,
+                    unix_ms,
+                } => {
+                    if self.runs.contains(&run_id) {
                         report
                             .skipped
                             .push(format!("run {run_id} was opened twice"));
@@ -187,24 +198,25 @@ impl Scheduler {
                     }
                     let stops = spec.stop_on_failure;
                     spec.stop_on_failure = false;
-                    let exec = spec.ci_execution_id.clone();
-                    let r = self.runs.push(Run::new(run_id.clone(), spec));
+                    let r = self.runs.open(Run::new(run_id, spec, unix_ms));
                     if stops {
                         stops_on_failure.insert(r);
                     }
-                    self.run_index.insert(run_id, r);
-                    self.by_execution.insert(exec, r);
                     report.runs += 1;
                 }
                 Replay::Submit { run_id, tasks } => {
-                    if let Err(e) = self.submit(now, &run_id, tasks) {
+                    let submitted = self
+                        .runs
+                        .find(&run_id)
+                        .and_then(|r| self.submit_to(r, tasks));
+                    if let Err(e) = submitted {
                         report
                             .skipped
                             .push(format!("a submission to run {run_id}: {e}"));
                     }
                 }
                 Replay::Complete { run_id } => {
-                    if let Ok(r) = self.run_index(&run_id) {
+                    if let Ok(r) = self.runs.find(&run_id) {
                         self.runs[r].complete_requested = true;
                         self.maybe_finish_run(r);
                     }
@@ -214,7 +226,7 @@ impl Scheduler {
                     task_id,
                     record,
                 } => {
-                    let found = self.run_index.get(&run_id).and_then(|&r| {
+                    let found = self.runs.find(&run_id).ok().and_then(|r| {
                         let i = *self.runs[r].index.get(&task_id)?;
                         Some((r, i))
                     });
@@ -245,9 +257,16 @@ impl Scheduler {
                     }
                     if t.status().is_terminal() {
                         // Ended already through its dependencies; keep what was said about it.
+                        if record.status == TaskStatus::Skipped {
+                            t.skipped = Some(SkipReason::Recorded(record.reason.clone()));
+                        }
                         t.reason = record.reason;
                     } else {
-                        self.finish(r, i, record.status, record.reason);
+                        if record.status == TaskStatus::Skipped {
+                            self.skip(r, i, SkipReason::Recorded(record.reason));
+                        } else {
+                            self.finish(r, i, record.status, record.reason);
+                        }
                         report.tasks_ended += 1;
                     }
                     self.check_submissions(r);
@@ -258,39 +277,20 @@ impl Scheduler {
 
         // Agents that held leases come back as away.
         for &(_, _, lease) in &running {
-            if self.agents.contains_key(&lease.agent) {
+            if self.agents.contains(lease.agent) {
                 continue;
             }
             let Some(a) = agents.get(&lease.agent) else {
                 continue;
             };
-            self.identities
-                .insert((a.name.clone(), a.instance_id.clone()), a.id);
-            self.agents.insert(
-                a.id,
-                Agent {
-                    id: a.id,
-                    name: a.name.clone(),
-                    instance_id: a.instance_id.clone(),
-                    template: a.template.clone(),
-                    slots: a.slots,
-                    ci_execution_id: a.ci_execution_id.clone(),
-                    connected: false,
-                    draining: false,
-                    stopped: false,
-                    last_seen: now,
-                    disconnected_at: Some(now),
-                    leases: Vec::new(),
-                    non_cacheable: 0,
-                    groups: HashMap::new(),
-                },
-            );
+            self.agents
+                .insert(Agent::new(a.clone(), Presence::Away { since: now }, now));
+            self.schedule_agent(a.id);
         }
-        let mut counters = restore.counters;
         for (r, i, lease) in running {
             let t = &self.runs[r].tasks[i];
             let task = t.spec.id.clone();
-            if t.phase != Phase::Ready || !self.agents.contains_key(&lease.agent) {
+            if t.phase() != Phase::Ready || !self.agents.contains(lease.agent) {
                 report.skipped.push(format!(
                     "lease {} of task {task} (its task is not ready or its agent is unknown)",
                     lease.lease
@@ -298,30 +298,37 @@ impl Scheduler {
                 continue;
             }
             let (attempts, agent) = (t.attempts, t.agent.clone());
-            // The ordinary grant, under the lease's own id and token.
-            self.next_lease = lease.lease.0;
-            self.next_token = lease.token;
-            self.grant(now, lease.agent, r, i);
-            if let Some(l) = self.leases.get_mut(&lease.lease) {
-                l.started = lease.started;
-            }
+            // The ordinary placement, under the lease's own id and token.
+            self.leases.regrant(
+                lease.lease,
+                Lease {
+                    token: lease.token,
+                    agent: lease.agent,
+                    run: r,
+                    task: i,
+                    granted_at: now,
+                    started: lease.started,
+                    group: (r, t.class),
+                    cache: t.spec.cache,
+                },
+            );
+            self.place(lease.agent, r, i, lease.lease, lease.token);
             let t = &mut self.runs[r].tasks[i];
             t.attempts = attempts;
             t.agent = agent;
-            counters.next_lease = counters.next_lease.max(lease.lease.0 + 1);
-            counters.next_token = counters.next_token.max(lease.token + 1);
             report.leases += 1;
         }
-        let max_agent = self.agents.keys().map(|a| a.0 + 1).max().unwrap_or(1);
-        self.next_agent = counters.next_agent.max(max_agent).max(1);
-        self.next_lease = counters.next_lease.max(1);
-        self.next_token = counters.next_token.max(1);
+        let counters = restore.counters;
+        self.agents.set_next_id(counters.next_agent);
+        self.leases
+            .set_counters(counters.next_lease, counters.next_token);
+        self.runs.set_next_run(counters.next_run);
 
         for r in stops_on_failure {
             self.runs[r].spec.stop_on_failure = true;
             if let Some(failed) = first_failure.get(&r)
-                && self.runs[r].stopping.is_none()
-                && self.runs[r].done.is_none()
+                && self.runs[r].stopping_after.is_none()
+                && self.runs[r].ended.is_none()
             {
                 self.stop_run_after_failure(r, failed);
                 self.check_submissions(r);
@@ -388,6 +395,7 @@ mod tests {
             Replay::StartRun {
                 run_id: run.into(),
                 spec,
+                unix_ms: 0,
             },
             Replay::Submit {
                 run_id: run.into(),

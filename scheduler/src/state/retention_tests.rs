@@ -37,7 +37,7 @@ impl Harness {
             match a {
                 Action::Lease { agent, grant } => self.leases.push((agent, grant)),
                 Action::Stop { agent, .. } => self.stops.push(agent),
-                Action::Cancel { .. } | Action::Run { .. } => {}
+                _ => {}
             }
         }
     }
@@ -103,7 +103,7 @@ impl Harness {
     }
 
     fn state(&self, run: &str) -> &'static str {
-        self.s.run_view(run).expect("a known run").state
+        self.s.run_view(run).expect("a known run").state.as_str()
     }
 }
 

@@ -1,227 +1,186 @@
-//! Runs: opening, submissions (with critical-path ranks), completion.
+//! Every run the scheduler opened, by index, by id and by CI execution. Leases, parallelism
+//! groups and the round-robin cursor hold run indices, so a forgotten run leaves a tombstone
+//! (an empty slot, one pointer wide) instead of shifting the runs after it. Loops go over the
+//! live slots only. The count of ready tasks over all runs is kept here, moved only by the
+//! phase changes that go through [`Runs::mark_ready`], [`Runs::take_ready`] and
+//! [`Runs::end`].
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::ops::{Index, IndexMut};
 
-use super::*;
+use super::event::RunRef;
+use super::run::Run;
+use super::types::{LeaseId, SchedError, TaskStatus};
 
-impl Scheduler {
-    /// Opens a run, or returns the open run of the same CI execution and attempt.
-    /// The bool is true when the run already existed.
-    pub fn start_run(
-        &mut self,
-        now: Duration,
-        run_id: String,
-        spec: RunSpec,
-    ) -> Result<(String, bool), SchedError> {
-        if let Some(&i) = self.by_execution.get(&spec.ci_execution_id) {
-            let run = &self.runs[i];
-            if run.spec.attempt == spec.attempt && run.is_active() {
-                return Ok((run.id.clone(), true));
-            }
+#[derive(Debug)]
+pub(crate) struct Runs {
+    slots: Vec<Option<Box<Run>>>,
+    /// Indices of the slots that hold a run, ascending.
+    live: Vec<usize>,
+    by_id: HashMap<String, usize>,
+    /// The newest run of each CI execution id.
+    by_execution: HashMap<String, usize>,
+    ready_total: usize,
+    /// The number in the next run id.
+    next_run: u64,
+    /// Round-robin cursor, so runs that share agents take turns.
+    pub turn: usize,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Runs {
+            slots: Vec::new(),
+            live: Vec::new(),
+            by_id: HashMap::new(),
+            by_execution: HashMap::new(),
+            ready_total: 0,
+            next_run: 1,
+            turn: 0,
         }
-        let exec = spec.ci_execution_id.clone();
-        let index = self.runs.push(Run::new(run_id.clone(), spec));
-        self.run_index.insert(run_id.clone(), index);
-        self.by_execution.insert(exec, index);
-        self.assign(now);
-        Ok((run_id, false))
+    }
+}
+
+impl Runs {
+    /// The number of slots, tombstones included: every run index is below it.
+    pub fn len(&self) -> usize {
+        self.slots.len()
     }
 
-    /// The newest run of a CI execution.
-    pub fn run_for_execution(&self, ci_execution_id: &str) -> Option<&str> {
+    /// A new run id: the wall clock's seconds and a counter, unique for this data dir.
+    pub fn new_id(&mut self, unix_ms: u64) -> String {
+        let id = format!("run-{:x}-{}", unix_ms / 1000, self.next_run);
+        self.next_run += 1;
+        id
+    }
+
+    pub fn next_run(&self) -> u64 {
+        self.next_run
+    }
+
+    pub fn set_next_run(&mut self, next: u64) {
+        self.next_run = self.next_run.max(next).max(1);
+    }
+
+    /// Adds a run in a new slot, the newest of its CI execution, and returns its index.
+    pub fn open(&mut self, run: Run) -> usize {
+        let r = self.slots.len();
+        self.by_id.insert(run.id.clone(), r);
         self.by_execution
-            .get(ci_execution_id)
-            .map(|&i| self.runs[i].id.as_str())
+            .insert(run.spec.ci_execution_id.clone(), r);
+        self.slots.push(Some(Box::new(run)));
+        self.live.push(r);
+        r
     }
 
-    pub(super) fn run_index(&self, run_id: &str) -> Result<usize, SchedError> {
-        self.run_index
+    pub fn find(&self, run_id: &str) -> Result<usize, SchedError> {
+        self.by_id
             .get(run_id)
             .copied()
             .ok_or_else(|| SchedError::UnknownRun(run_id.to_string()))
     }
 
-    /// Adds a task graph to a run. Tasks may depend on tasks of earlier submissions; a task id
-    /// that an earlier submission holds already is shared, not run twice.
-    pub fn submit(
-        &mut self,
-        now: Duration,
-        run_id: &str,
-        tasks: Vec<TaskSpec>,
-    ) -> Result<u64, SchedError> {
-        let r = self.run_index(run_id)?;
-        if !self.runs[r].is_active() {
-            return Err(SchedError::RunEnded(run_id.to_string()));
+    pub fn resolve(&self, run: &RunRef) -> Result<usize, SchedError> {
+        match run {
+            RunRef::Id(id) => self.find(id),
+            RunRef::Execution(exec) => self
+                .newest_of(exec)
+                .ok_or_else(|| SchedError::NoRunForExecution(exec.clone())),
         }
-        let run = &self.runs[r];
-        // Tasks the run holds already are shared; the rest form the new graph.
-        let (existing, fresh): (Vec<TaskSpec>, Vec<TaskSpec>) = tasks
-            .into_iter()
-            .partition(|t| run.index.contains_key(&t.id));
-        if existing.is_empty() && fresh.is_empty() {
-            return Err(GraphError::Empty.into());
-        }
-        let graph = if fresh.is_empty() {
-            None
-        } else {
-            Some(TaskGraph::with_known(fresh, |id| {
-                run.index.contains_key(id)
-            })?)
-        };
-        let submission = run.submissions.len() as u64 + 1;
-        let mut members: Vec<usize> = existing.iter().map(|t| run.index[&t.id]).collect();
-
-        let ranks = graph.as_ref().map(|g| self.ranks(g)).unwrap_or_default();
-        let run = &mut self.runs[r];
-        for &i in &members {
-            run.tasks[i].submissions.push(submission);
-        }
-        if let Some(graph) = graph {
-            let base = run.tasks.len();
-            for (k, spec) in graph.tasks.into_iter().enumerate() {
-                let class = run.spec.rules.rule_for(
-                    &spec.project,
-                    &spec.target,
-                    spec.configuration.as_deref(),
-                );
-                run.index.insert(spec.id.clone(), base + k);
-                run.tasks.push(TaskState {
-                    dependents: graph.dependents[k].iter().map(|&d| base + d).collect(),
-                    unmet: graph.deps[k].len(),
-                    phase: Phase::Blocked,
-                    submissions: vec![submission],
-                    class,
-                    rank: ranks[k],
-                    attempts: 0,
-                    failures: 0,
-                    lost: 0,
-                    avoid: Vec::new(),
-                    reason: String::new(),
-                    agent: String::new(),
-                    exit_code: None,
-                    duration: Duration::ZERO,
-                    spec,
-                });
-                members.push(base + k);
-            }
-            // Edges to tasks of earlier submissions.
-            for i in base..run.tasks.len() {
-                let outside: Vec<usize> = run.tasks[i]
-                    .spec
-                    .depends_on
-                    .iter()
-                    .map(|d| run.index[d])
-                    .filter(|&j| j < base)
-                    .collect();
-                for j in outside {
-                    match run.tasks[j].phase {
-                        Phase::Done(TaskStatus::Succeeded) => {}
-                        Phase::Done(_) => run.tasks[i].unmet += 1, // skipped below
-                        _ => {
-                            run.tasks[i].unmet += 1;
-                            run.tasks[j].dependents.push(i);
-                        }
-                    }
-                }
-            }
-        }
-        let remaining = members
-            .iter()
-            .filter(|&&i| !run.tasks[i].status().is_terminal())
-            .count();
-        run.submissions.push(Submission {
-            id: submission,
-            tasks: members.clone(),
-            remaining,
-            done: false,
-        });
-
-        // Tasks whose dependency already failed are skipped; the rest become ready in turn.
-        let base_new: Vec<usize> = members
-            .iter()
-            .copied()
-            .filter(|&i| run.tasks[i].phase == Phase::Blocked)
-            .collect();
-        self.plan_bins(r);
-        for i in base_new {
-            let failed_dep = self.runs[r].tasks[i]
-                .spec
-                .depends_on
-                .iter()
-                .map(|d| self.runs[r].index[d])
-                .find(|&j| {
-                    matches!(
-                        self.runs[r].tasks[j].phase,
-                        Phase::Done(TaskStatus::Failed | TaskStatus::Skipped)
-                    )
-                });
-            if let Some(j) = failed_dep {
-                if self.runs[r].tasks[i].phase == Phase::Blocked {
-                    let root = self.runs[r].tasks[j].spec.id.clone();
-                    self.skip(r, i, format!("dependency `{root}` did not succeed"));
-                }
-            } else if self.runs[r].tasks[i].unmet == 0 && self.runs[r].stopping.is_none() {
-                self.make_ready(r, i);
-            } else if let Some(reason) = self.runs[r].stopping.clone() {
-                self.skip(r, i, reason);
-            }
-        }
-        self.check_submissions(r);
-        self.maybe_finish_run(r);
-        self.assign(now);
-        Ok(submission)
     }
 
-    /// Critical-path ranks (or the policy's stand-in) for a new graph, in milliseconds.
-    pub(super) fn ranks(&self, graph: &TaskGraph) -> Vec<u64> {
-        let n = graph.tasks.len();
-        match self.config.policy {
-            Policy::Fifo | Policy::Binning => vec![0; n],
-            Policy::Random { seed } => (0..n as u64)
-                .map(|i| splitmix64(seed ^ (self.next_seq + i)))
-                .collect(),
-            Policy::CriticalPath => {
-                let order = graph.topological_order();
-                let mut rank = vec![0u64; n];
-                for &i in order.iter().rev() {
-                    let own = self.estimates.estimate(&graph.tasks[i]).as_millis() as u64;
-                    let tail = graph.dependents[i]
-                        .iter()
-                        .map(|&d| rank[d])
-                        .max()
-                        .unwrap_or(0);
-                    rank[i] = own.max(1) + tail;
-                }
-                rank
+    /// The newest run of a CI execution.
+    pub fn newest_of(&self, ci_execution_id: &str) -> Option<usize> {
+        self.by_execution.get(ci_execution_id).copied()
+    }
+
+    pub fn contains(&self, run_id: &str) -> bool {
+        self.by_id.contains_key(run_id)
+    }
+
+    /// Turns the slot into a tombstone and returns the run it held.
+    pub fn forget(&mut self, r: usize) -> Option<Box<Run>> {
+        let run = self.slots.get_mut(r)?.take()?;
+        if let Ok(k) = self.live.binary_search(&r) {
+            self.live.remove(k);
+        }
+        self.by_id.remove(&run.id);
+        if self.by_execution.get(&run.spec.ci_execution_id) == Some(&r) {
+            self.by_execution.remove(&run.spec.ci_execution_id);
+        }
+        assert_eq!(
+            run.ready_count(),
+            0,
+            "run {} forgotten with ready tasks",
+            run.id
+        );
+        Some(run)
+    }
+
+    /// Indices of the live runs, ascending.
+    pub fn live(&self) -> &[usize] {
+        &self.live
+    }
+
+    /// The position in [`live`](Self::live) of the first live run at or after slot `r`
+    /// (`live().len()` when there is none).
+    pub fn live_from(&self, r: usize) -> usize {
+        self.live.partition_point(|&x| x < r)
+    }
+
+    /// The live runs, in the order they were opened.
+    pub fn iter(&self) -> impl Iterator<Item = &Run> {
+        self.live.iter().map(|&r| &self[r])
+    }
+
+    /// Calls `f` on every live run.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut Run)) {
+        for &r in &self.live {
+            if let Some(run) = self.slots[r].as_deref_mut() {
+                f(run);
             }
         }
     }
 
-    /// Marks the run complete: it ends when every submitted task has ended.
-    pub fn complete_run(&mut self, now: Duration, run_id: &str) -> Result<(), SchedError> {
-        let r = self.run_index(run_id)?;
-        self.runs[r].complete_requested = true;
-        self.maybe_finish_run(r);
-        self.assign(now);
-        Ok(())
+    /// Ready tasks over every run.
+    pub fn ready_total(&self) -> usize {
+        self.ready_total
+    }
+
+    pub fn mark_ready(&mut self, r: usize, i: usize, seq: u64) {
+        self[r].mark_ready(i, seq);
+        self.ready_total += 1;
+    }
+
+    pub fn take_ready(&mut self, r: usize, i: usize, lease: LeaseId) {
+        self[r].take_ready(i, lease);
+        self.ready_total -= 1;
+    }
+
+    pub fn end(&mut self, r: usize, i: usize, status: TaskStatus) {
+        if self[r].end(i, status) {
+            self.ready_total -= 1;
+        }
     }
 }
 
-pub(super) fn run_over_reason(run_id: &str, success: bool) -> String {
-    format!(
-        "run {run_id} {}",
-        if success {
-            "completed"
-        } else {
-            "ended with failures"
+impl Index<usize> for Runs {
+    type Output = Run;
+
+    /// A live run. Nothing holds the index of a forgotten run, so reaching a tombstone is a bug.
+    fn index(&self, r: usize) -> &Run {
+        match self.slots[r].as_deref() {
+            Some(run) => run,
+            None => panic!("run slot {r} was forgotten"),
         }
-    )
+    }
 }
 
-/// A small, good 64-bit mixer for seeded orders.
-pub(super) fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
+impl IndexMut<usize> for Runs {
+    fn index_mut(&mut self, r: usize) -> &mut Run {
+        match self.slots[r].as_deref_mut() {
+            Some(run) => run,
+            None => panic!("run slot {r} was forgotten"),
+        }
+    }
 }

@@ -191,6 +191,14 @@ pub enum RunEvent {
         attempt: u32,
     },
     TaskFinished(TaskFinished),
+    /// Output of a running attempt, as the agent sent it.
+    TaskOutput {
+        task: String,
+        submissions: Vec<u64>,
+        attempt: u32,
+        stream: OutputStream,
+        data: Vec<u8>,
+    },
     /// A lease was taken back (agent lost, drained); the task is queued again.
     TaskRequeued {
         task: String,
@@ -215,9 +223,11 @@ pub enum RunEvent {
     },
 }
 
-/// What the owner of the scheduler must do after a call.
+/// What the owner of the scheduler must do after an event, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Greet an agent that connected; it goes before anything else for that agent.
+    Welcome { agent: AgentId, welcome: Welcome },
     /// Send this lease to the agent.
     Lease { agent: AgentId, grant: LeaseGrant },
     /// Tell the agent to kill the task of a lease it must no longer run.
@@ -228,8 +238,144 @@ pub enum Action {
     },
     /// Tell the agent to exit: its run is over.
     Stop { agent: AgentId, reason: String },
+    /// Close the agent's stream: the scheduler gave up on it (or never knew it), so it must
+    /// connect again and say who it is.
+    Close { agent: AgentId, reason: String },
+    /// A message from an agent was refused (for logs and metrics); a `Cancel` of the lease
+    /// goes with it.
+    Refused {
+        agent: AgentId,
+        message: MessageKind,
+        refused: Refused,
+    },
     /// Record and forward an event of a run.
     Run { run_id: String, event: RunEvent },
+}
+
+/// What an agent says when its stream opens, as the scheduler answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    pub agent: AgentId,
+    pub heartbeat_interval: Duration,
+    pub lease_timeout: Duration,
+}
+
+/// Which kind of agent message was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    Started,
+    Output,
+    Result,
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MessageKind::Started => "started",
+            MessageKind::Output => "output",
+            MessageKind::Result => "result",
+        })
+    }
+}
+
+/// Which of a task's output streams a chunk came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+/// Where a run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunState {
+    Running,
+    /// A task failed under `--stop-agents-on-failure`: nothing new starts.
+    Stopping,
+    Succeeded,
+    Failed,
+}
+
+impl RunState {
+    pub fn is_active(self) -> bool {
+        matches!(self, RunState::Running | RunState::Stopping)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Stopping => "stopping",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RunState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Why a task was skipped instead of run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// A dependency failed.
+    DependencyFailed { dependency: String },
+    /// At submission: a dependency from an earlier submission had failed or been skipped.
+    DependencyNotSucceeded { dependency: String },
+    /// A dependency was skipped for a reason of its own.
+    DependencySkipped { dependency: String },
+    /// `--stop-agents-on-failure`: the run stops after this task failed.
+    RunStopping { failed: String },
+    /// Said before a coordinator restart.
+    Recorded(String),
+}
+
+impl SkipReason {
+    /// What the task's own dependents are told: the root cause when it is a dependency's,
+    /// else that this task (`id`) was skipped.
+    pub fn for_dependents(&self, id: &str) -> SkipReason {
+        match self {
+            SkipReason::DependencyFailed { .. }
+            | SkipReason::DependencyNotSucceeded { .. }
+            | SkipReason::DependencySkipped { .. } => self.clone(),
+            SkipReason::RunStopping { .. } | SkipReason::Recorded(_) => {
+                SkipReason::DependencySkipped {
+                    dependency: id.to_string(),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::DependencyFailed { dependency } => {
+                write!(f, "dependency `{dependency}` failed")
+            }
+            SkipReason::DependencyNotSucceeded { dependency } => {
+                write!(f, "dependency `{dependency}` did not succeed")
+            }
+            SkipReason::DependencySkipped { dependency } => {
+                write!(f, "dependency `{dependency}` was skipped")
+            }
+            SkipReason::RunStopping { failed } => {
+                write!(
+                    f,
+                    "not started: the run stops after the failure of `{failed}`"
+                )
+            }
+            SkipReason::Recorded(text) => f.write_str(text),
+        }
+    }
 }
 
 /// A message from an agent that does not belong to an active lease of that agent.
@@ -260,6 +406,10 @@ pub enum SchedError {
     Graph(#[from] GraphError),
     #[error("{0}")]
     Rules(#[from] RuleErrors),
+    #[error("no run for CI execution `{0}`; start one with `drover start-ci-run`")]
+    NoRunForExecution(String),
+    #[error("{0}")]
+    InvalidRun(String),
     #[error("{0} is not connected")]
     UnknownAgent(AgentId),
     #[error("agent `{name}`: {message}")]

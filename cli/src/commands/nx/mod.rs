@@ -14,12 +14,11 @@ use std::collections::BTreeSet;
 use clap::Args;
 use drover_proto::v1 as pb;
 use drover_scheduler::TaskSpec;
-use pb::run_service_client::RunServiceClient;
 
 use super::run::RunRefArgs;
 use crate::client::channel;
 use crate::error::CliError;
-use crate::follow::{Follow, follow};
+use crate::follow::{Submit, submit_and_follow};
 
 mod env;
 mod graph;
@@ -92,42 +91,30 @@ pub async fn run(args: NxArgs) -> Result<u8, CliError> {
     // 2. Submit and follow.
     let total = prepared.tasks.len();
     let channel = channel(&args.run.coordinator.url)?;
-    let mut client = RunServiceClient::new(channel.clone());
-    let submitted = client
-        .submit_graph(pb::SubmitGraphRequest {
-            run_id,
-            tasks: prepared
-                .tasks
-                .iter()
-                .map(drover_coordinator::task_to_proto)
-                .collect(),
-            label: format!("nx {}", args.nx_args.join(" ")),
-            ci_execution_id,
-        })
-        .await
-        .map_err(|s| CliError::rpc("submitting the Nx task graph", s))?
-        .into_inner();
-    eprintln!(
-        "drover: submitted {total} Nx tasks to run {} (submission {}), at most {} at once per agent where no rule says otherwise{}",
-        submitted.run_id,
-        submitted.submission_id,
-        prepared.parallel,
-        if prepared.continuous > 0 {
-            format!(
-                "; {} continuous task(s) run beside the tasks that need them",
-                prepared.continuous
-            )
-        } else {
-            String::new()
-        }
-    );
-    let follow_args = Follow {
-        run_id: submitted.run_id.clone(),
-        submission: submitted.submission_id,
-        total,
+    let submit = Submit {
+        run_id,
+        ci_execution_id,
+        tasks: &prepared.tasks,
+        label: format!("nx {}", args.nx_args.join(" ")),
         stream_output: args.stream_output,
     };
-    let outcome = follow(channel.clone(), follow_args).await?;
+    let (submitted, outcome) = submit_and_follow(channel.clone(), submit, |s| {
+        eprintln!(
+            "drover: submitted {total} Nx tasks to run {} (submission {}), at most {} at once per agent where no rule says otherwise{}",
+            s.run_id,
+            s.submission_id,
+            prepared.parallel,
+            if prepared.continuous > 0 {
+                format!(
+                    "; {} continuous task(s) run beside the tasks that need them",
+                    prepared.continuous
+                )
+            } else {
+                String::new()
+            }
+        );
+    })
+    .await?;
     let succeeded: BTreeSet<&str> = outcome
         .tasks
         .iter()

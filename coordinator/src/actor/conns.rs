@@ -1,0 +1,48 @@
+//! The open agent streams: which connection is an agent's current one, and sending to it.
+
+use std::collections::HashMap;
+
+use drover_proto::v1 as pb;
+use drover_scheduler::state::AgentId;
+use pb::coordinator_message::Msg as Out;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+pub type AgentTx = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+
+struct Conn {
+    conn: u64,
+    tx: AgentTx,
+}
+
+#[derive(Default)]
+pub struct Conns {
+    by_agent: HashMap<AgentId, Conn>,
+}
+
+impl Conns {
+    /// The agent's stream is this connection from now on (a reconnect replaces the old one).
+    pub fn open(&mut self, agent: AgentId, conn: u64, tx: AgentTx) {
+        self.by_agent.insert(agent, Conn { conn, tx });
+    }
+
+    /// Whether `conn` is the agent's current connection (messages from an older one of the
+    /// same agent are stale).
+    pub fn is_current(&self, agent: AgentId, conn: u64) -> bool {
+        self.by_agent.get(&agent).is_some_and(|c| c.conn == conn)
+    }
+
+    /// Drops the agent's stream: the agent sees it end.
+    pub fn close(&mut self, agent: AgentId) {
+        self.by_agent.remove(&agent);
+    }
+
+    pub fn send(&self, agent: AgentId, msg: Out) {
+        if let Some(c) = self.by_agent.get(&agent)
+            && let Err(e) = c.tx.try_send(Ok(pb::CoordinatorMessage { msg: Some(msg) }))
+        {
+            // A full queue means the agent is not reading; heartbeats heal lost leases.
+            tracing::warn!(%agent, error = %e, "could not queue a message for the agent");
+        }
+    }
+}

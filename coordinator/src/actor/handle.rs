@@ -1,0 +1,99 @@
+//! How services talk to the actor: [`Command`]s through a [`Handle`].
+
+use drover_proto::v1 as pb;
+use drover_scheduler::TaskSpec;
+use drover_scheduler::state::{
+    AgentId, Event, Hello, Reply, RunRef, RunRequest, RunSpec, Scheduler,
+};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use super::AgentTx;
+use crate::error::CoordError;
+use crate::runlog::Filter;
+
+pub type WatchRx = mpsc::Receiver<Result<pb::RunEvent, Status>>;
+pub type ReplyTx = oneshot::Sender<Result<Reply, CoordError>>;
+
+/// What services ask of the actor.
+pub enum Command {
+    /// `drover start-ci-run`: the request as sent (it is stored) and its checked settings.
+    StartRun {
+        request: RunRequest,
+        spec: RunSpec,
+        reply: ReplyTx,
+    },
+    Submit {
+        run: RunRef,
+        tasks: Vec<TaskSpec>,
+        reply: ReplyTx,
+    },
+    Complete {
+        run: RunRef,
+        reply: ReplyTx,
+    },
+    /// An agent's stream opened with this Hello; `tx` carries messages to it.
+    Connect {
+        hello: Hello,
+        conn: u64,
+        tx: AgentTx,
+        reply: ReplyTx,
+    },
+    /// A message on an agent's stream, as an event.
+    FromAgent {
+        agent: AgentId,
+        conn: u64,
+        event: Event,
+    },
+    /// An agent's stream closed.
+    Gone {
+        agent: AgentId,
+        conn: u64,
+    },
+    Watch {
+        run: RunRef,
+        filter: Filter,
+        from_seq: u64,
+        reply: oneshot::Sender<Result<WatchRx, CoordError>>,
+    },
+    /// A read of the scheduler's state (views for operators, gauges for metrics).
+    Read(Box<dyn FnOnce(&Scheduler) + Send>),
+}
+
+/// A cheap, cloneable way to talk to the actor.
+#[derive(Clone)]
+pub struct Handle {
+    pub(super) tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    pub async fn send(&self, cmd: Command) -> Result<(), CoordError> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| CoordError::ShuttingDown)
+    }
+
+    /// Sends a command built around a reply channel and waits for the answer.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CoordError>>) -> Command,
+    ) -> Result<T, CoordError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| CoordError::ShuttingDown)?
+    }
+
+    /// Reads the scheduler's state inside the actor.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Scheduler) -> T + Send + 'static,
+    ) -> Result<T, CoordError> {
+        let (reply, rx) = oneshot::channel();
+        let read = move |s: &Scheduler| {
+            let _ = reply.send(f(s));
+        };
+        self.send(Command::Read(Box::new(read))).await?;
+        rx.await.map_err(|_| CoordError::ShuttingDown)
+    }
+}

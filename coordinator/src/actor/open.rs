@@ -1,0 +1,94 @@
+//! Starting the actor: the store is read, the scheduler takes back what it held, the run logs
+//! come back numbered as they were.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use drover_scheduler::state::{Config, RunSpec, Scheduler};
+use tokio::sync::mpsc;
+
+use super::{Actor, Conns, Handle, Retention};
+use crate::convert;
+use crate::error::CoordError;
+use crate::metrics::Metrics;
+use crate::persist::Store;
+use crate::runlog::RunLog;
+use crate::store::DurationStore;
+
+/// How many commands may wait for the actor.
+const QUEUE: usize = 1024;
+
+impl Actor {
+    pub fn new(
+        config: Config,
+        data_dir: PathBuf,
+        retention: Retention,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Actor, Handle), CoordError> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (store, loaded) = Store::open(
+            &data_dir,
+            |req| RunSpec::from_request(&convert::run_request(req)).map_err(|e| e.to_string()),
+            retention.cutoff(SystemTime::now()),
+        )?;
+        if !loaded.forgotten.is_empty() {
+            tracing::info!(
+                runs = loaded.forgotten.len(),
+                "deleted runs that ended longer ago than the run retention"
+            );
+        }
+        metrics.runs_forgotten(loaded.forgotten.len() as u64);
+        let mut durations = DurationStore::open(data_dir)?;
+        let mut sched = Scheduler::new(config);
+        sched.set_estimates(durations.load());
+        for problem in &loaded.problems {
+            tracing::warn!(%problem, "store: a record could not be read");
+        }
+        let epoch = Instant::now();
+        let restored = sched.restore(epoch.elapsed(), loaded.restore);
+        for problem in &restored.skipped {
+            tracing::warn!(%problem, "restore: left out");
+        }
+        if restored.runs > 0 {
+            tracing::info!(
+                runs = restored.runs,
+                ended_tasks = restored.tasks_ended,
+                leases = restored.leases,
+                "restored from the store; leases wait for their agents to reconnect"
+            );
+        }
+        let mut logs: HashMap<String, RunLog> = loaded
+            .logs
+            .into_iter()
+            .map(|(run, events)| (run, RunLog::restore(events)))
+            .collect();
+        for run in sched.run_summaries() {
+            logs.entry(run.id).or_default();
+        }
+        let mut actor = Actor {
+            sched,
+            epoch,
+            rx,
+            store,
+            durations,
+            logs,
+            conns: Conns::default(),
+            metrics,
+            outbox: Vec::new(),
+            replies: Vec::new(),
+            retention,
+            lease_env: Vec::new(),
+        };
+        actor.note_end_times();
+        Ok((actor, Handle { tx }))
+    }
+
+    /// Variables every lease carries, over the run's and the task's (the remote cache's URL
+    /// and token).
+    pub fn with_lease_env(mut self, env: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.lease_env = env.into_iter().collect();
+        self
+    }
+}
