@@ -1,7 +1,7 @@
 //! `drover bench schedule`: the scheduling benchmark over the public DAG sets, and
 //! `drover bench decision`: the time of one scheduling decision at scale.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
@@ -64,7 +64,8 @@ fn schedule(args: ScheduleArgs) -> Result<u8, CliError> {
     if !(args.sigma >= 0.0 && args.sigma.is_finite()) {
         return Err(CliError::Usage("--sigma must be 0 or more".into()));
     }
-    let corpus = bench::load_corpus(&args.data).map_err(|e| CliError::Usage(e.to_string()))?;
+    let files = read_corpus(&args.data)?;
+    let corpus = bench::Corpus::parse(&files).map_err(|e| CliError::Input(e.to_string()))?;
     let options = Options {
         sigma: args.sigma,
         seeds: args.seeds.max(1),
@@ -76,12 +77,46 @@ fn schedule(args: ScheduleArgs) -> Result<u8, CliError> {
     } else {
         bench::table(&report)
     };
-    print!("{text}");
+    out!("{}", text.trim_end_matches('\n'));
     if let Some(out) = &args.out {
         std::fs::write(out, &text)
             .map_err(|e| CliError::Io(format!("cannot write {}: {e}", out.display())))?;
     }
     Ok(0)
+}
+
+/// Reads `wf/*.json`, `stg/*.stg` with `stg/Case*_OPT.csv`, and `nx/*.json` under `dir`.
+pub fn read_corpus(dir: &Path) -> Result<bench::CorpusFiles, CliError> {
+    if !["wf", "stg", "nx"].iter().any(|d| dir.join(d).is_dir()) {
+        return Err(CliError::Usage(format!(
+            "no DAG data at {}: pass --data DIR (the folder holding wf/, stg/ and nx/, e.g. ../shared/data/dags)",
+            dir.display()
+        )));
+    }
+    let files = |sub: &str, ext: &str| -> Result<Vec<(String, String)>, CliError> {
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir.join(sub)) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == ext))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| CliError::Io(format!("cannot read {}: {e}", p.display())))?;
+                Ok((p.display().to_string(), text))
+            })
+            .collect()
+    };
+    Ok(bench::CorpusFiles {
+        workflows: files("wf", "json")?,
+        stg: files("stg", "stg")?,
+        optima: files("stg", "csv")?,
+        nx: files("nx", "json")?,
+    })
 }
 
 fn decision(args: DecisionArgs) -> Result<u8, CliError> {
@@ -107,11 +142,11 @@ fn decision(args: DecisionArgs) -> Result<u8, CliError> {
     let total = all.elapsed();
     times.sort_unstable();
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
-    println!(
+    out!(
         "{} tasks, {} agents (2 slots each): set-up {setup:.2?}, {} decisions timed",
         args.tasks, args.agents, args.steps
     );
-    println!(
+    out!(
         "one decision: mean {:.2} us, p50 {:.2} us, p99 {:.2} us",
         total.as_secs_f64() * 1e6 / args.steps.max(1) as f64,
         pct(0.5),

@@ -148,13 +148,13 @@ pub fn run(args: SimulateArgs) -> Result<u8, CliError> {
         } else {
             serde_json::Value::Array(values)
         };
-        println!("{value}");
+        out!("{value}");
         return Ok(0);
     }
     if outcomes.len() == 1 {
-        print!("{}", render::text(&outcomes[0]));
+        out!("{}", render::text(&outcomes[0]).trim_end_matches('\n'));
     } else {
-        println!(
+        out!(
             "{:<40} {:>7} {:>12} {:>12} {:>12}",
             "fleet", "slots", "makespan", "lower bound", "utilization"
         );
@@ -164,7 +164,7 @@ pub fn run(args: SimulateArgs) -> Result<u8, CliError> {
                 .iter()
                 .map(|g| u64::from(g.count) * u64::from(g.slots))
                 .sum();
-            println!(
+            out!(
                 "{:<40} {:>7} {:>11.1}s {:>11.1}s {:>11.1}%",
                 f.to_string(),
                 slots,

@@ -16,7 +16,7 @@
 //! over the same seeds. Everything is seeded: the same options give the same table.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -72,12 +72,6 @@ impl Default for Options {
 
 #[derive(Debug, Error)]
 pub enum BenchError {
-    #[error(
-        "no DAG data at {0}: pass --data DIR (the folder holding wf/, stg/ and nx/, e.g. ../shared/data/dags)"
-    )]
-    MissingData(PathBuf),
-    #[error("cannot read {path}: {message}")]
-    Io { path: String, message: String },
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error("{case}: {source}")]
@@ -140,65 +134,46 @@ pub struct Corpus {
     pub nx: Vec<(String, Vec<TaskSpec>)>,
 }
 
-fn read(path: &Path) -> Result<String, BenchError> {
-    std::fs::read_to_string(path).map_err(|e| BenchError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })
+/// The files of a data folder, as `(path, text)`, read by the caller (this crate does no I/O):
+/// `wf/*.json`, `stg/*.stg`, `stg/Case*_OPT.csv` and `nx/*.json`, each list sorted by path.
+#[derive(Debug, Default)]
+pub struct CorpusFiles {
+    pub workflows: Vec<(String, String)>,
+    pub stg: Vec<(String, String)>,
+    pub optima: Vec<(String, String)>,
+    pub nx: Vec<(String, String)>,
 }
 
-fn files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, BenchError> {
-    let mut out: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == ext))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    out.sort();
-    Ok(out)
-}
-
-/// Reads `wf/*.json`, `stg/*.stg` with `stg/Case*_OPT.csv`, and `nx/*.json` under `dir`.
-pub fn load_corpus(dir: &Path) -> Result<Corpus, BenchError> {
-    if !dir.join("wf").is_dir() && !dir.join("stg").is_dir() && !dir.join("nx").is_dir() {
-        return Err(BenchError::MissingData(dir.to_path_buf()));
+impl Corpus {
+    /// Parses the files of a data folder.
+    pub fn parse(files: &CorpusFiles) -> Result<Corpus, BenchError> {
+        let mut corpus = Corpus {
+            workflows: Vec::new(),
+            stg: Vec::new(),
+            optima: Vec::new(),
+            nx: Vec::new(),
+        };
+        for (path, text) in &files.workflows {
+            corpus.workflows.push(datasets::parse_workflow(path, text)?);
+        }
+        for (path, text) in &files.stg {
+            let d = datasets::parse_stg(path, text)?;
+            // `50-rand0002.stg` is `50/rand0002.stg` in the optimum files.
+            let key = d.name.replacen('-', "/", 1) + ".stg";
+            corpus.stg.push((key, d));
+        }
+        for (path, text) in &files.optima {
+            corpus.optima.extend(datasets::parse_optima(path, text)?);
+        }
+        for (path, text) in &files.nx {
+            let tasks = datasets::parse_nx_tasks(path, text)?;
+            let name = Path::new(path)
+                .file_stem()
+                .map_or(path.clone(), |s| s.to_string_lossy().into_owned());
+            corpus.nx.push((name, tasks));
+        }
+        Ok(corpus)
     }
-    let mut corpus = Corpus {
-        workflows: Vec::new(),
-        stg: Vec::new(),
-        optima: Vec::new(),
-        nx: Vec::new(),
-    };
-    for p in files(&dir.join("wf"), "json")? {
-        let text = read(&p)?;
-        corpus
-            .workflows
-            .push(datasets::parse_workflow(&p.display().to_string(), &text)?);
-    }
-    for p in files(&dir.join("stg"), "stg")? {
-        let text = read(&p)?;
-        let d = datasets::parse_stg(&p.display().to_string(), &text)?;
-        // `50-rand0002.stg` is `50/rand0002.stg` in the optimum files.
-        let key = d.name.replacen('-', "/", 1) + ".stg";
-        corpus.stg.push((key, d));
-    }
-    for p in files(&dir.join("stg"), "csv")? {
-        let text = read(&p)?;
-        corpus
-            .optima
-            .extend(datasets::parse_optima(&p.display().to_string(), &text)?);
-    }
-    for p in files(&dir.join("nx"), "json")? {
-        let text = read(&p)?;
-        let path = p.display().to_string();
-        let tasks = datasets::parse_nx_tasks(&path, &text)?;
-        let name = p
-            .file_stem()
-            .map_or(path.clone(), |s| s.to_string_lossy().into_owned());
-        corpus.nx.push((name, tasks));
-    }
-    Ok(corpus)
 }
 
 struct Case<'a> {

@@ -329,17 +329,6 @@ fn the_benchmark_runs_on_a_small_corpus() {
     assert!(bench::table(&report).contains("| stg 4-rand0 | 4 | 2 proc:1 | 5s opt | 1.000 |"));
 }
 
-/// Not a test: the full benchmark, for development (`cargo test --release -p drover-scheduler
-/// full_benchmark -- --ignored --nocapture`). `drover bench schedule` is the real entry point.
-#[test]
-#[ignore]
-fn full_benchmark() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dags");
-    let corpus = bench::load_corpus(&dir).unwrap();
-    let report = bench::run(&corpus, &bench::Options::default()).unwrap();
-    println!("{}", bench::table(&report));
-}
-
 #[test]
 fn the_simulator_drives_the_coordinators_scheduler() {
     // Driving `Scheduler` by hand, as the coordinator does, hands out the same leases in the
