@@ -797,20 +797,56 @@ fn dag() -> impl Strategy<Value = Vec<Vec<usize>>> {
     })
 }
 
+/// Rules for the property test: e2e only on `large`, one at a time per agent; builds on
+/// `small` (two at a time per agent) or `large` (as many as fit); tests anywhere.
+const PROP_RULES: &str = "\
+assignment-rules:
+  - targets: [e2e]
+    run-on:
+      - agent: large
+        parallelism: 1
+  - targets: [build]
+    run-on:
+      - agent: small
+        parallelism: 2
+      - agent: large
+";
+
+/// Task `i`'s target: with rules, a mix the rules treat differently.
+fn prop_target(i: usize, rules: bool) -> &'static str {
+    match (rules, i % 3) {
+        (false, _) | (true, 0) => "build",
+        (true, 1) => "test",
+        _ => "e2e",
+    }
+}
+
+/// Agent `i`'s launch template: with rules, the first is `large` (someone may run e2e).
+fn prop_template(i: usize, rules: bool) -> &'static str {
+    match (rules, i % 2) {
+        (false, _) => "linux",
+        (true, 0) => "large",
+        _ => "small",
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     /// Whatever agents do: a task never runs before its dependencies succeeded; an agent never
-    /// exceeds its slots or runs two non-cacheable tasks; a refused (revoked) lease's result is
-    /// never accepted; every task ends exactly once.
+    /// exceeds its slots or runs two non-cacheable tasks; under assignment rules a task runs
+    /// only on a launch template its rule allows and never above the rule's parallelism on one
+    /// agent; a refused (revoked) lease's result is never accepted; every task ends exactly
+    /// once.
     #[test]
-    fn invariants_hold(deps in dag(), slots in proptest::collection::vec(1u32..4, 1..4), steps in proptest::collection::vec(step(), 0..200), retries in 0u32..2) {
+    fn invariants_hold(deps in dag(), slots in proptest::collection::vec(1u32..4, 1..4), steps in proptest::collection::vec(step(), 0..200), retries in 0u32..2, with_rules in any::<bool>()) {
         let mut h = Harness::new();
-        let run = h.run(RunSpec { ci_execution_id: "ci".into(), retries, ..RunSpec::default() });
-        let mut agents: Vec<AgentId> = slots.iter().enumerate().map(|(i, &s)| h.agent(&format!("a{i}"), "linux", s, None)).collect();
+        let rules = if with_rules { RuleSet::parse("rules.yaml", PROP_RULES).unwrap() } else { RuleSet::default() };
+        let run = h.run(RunSpec { ci_execution_id: "ci".into(), retries, rules: rules.clone(), ..RunSpec::default() });
+        let mut agents: Vec<AgentId> = slots.iter().enumerate().map(|(i, &s)| h.agent(&format!("a{i}"), prop_template(i, with_rules), s, None)).collect();
         let tasks: Vec<TaskSpec> = deps.iter().enumerate().map(|(i, d)| {
-            let mut task = t(&format!("t{i}:build"), &[]);
-            task.depends_on = d.iter().map(|j| format!("t{j}:build")).collect();
+            let mut task = t(&format!("t{i}:{}", prop_target(i, with_rules)), &[]);
+            task.depends_on = d.iter().map(|&j| format!("t{j}:{}", prop_target(j, with_rules))).collect();
             task.cache = i % 5 != 3;
             task
         }).collect();
@@ -838,13 +874,27 @@ proptest! {
             });
             Ok(())
         };
-        // No agent over its slots, none with two non-cacheable tasks.
+        // No agent over its slots, none with two non-cacheable tasks, none running a task its
+        // rule does not allow on its template or more of one rule's tasks than its parallelism.
         let check_caps = |agents: &[AgentId], running: &[(AgentId, LeaseGrant)]| -> Result<(), TestCaseError> {
             let mut per_agent: HashMap<AgentId, (u32, u32)> = HashMap::new();
+            let mut per_rule: HashMap<(AgentId, usize), u32> = HashMap::new();
             for (a, g) in running {
                 let e = per_agent.entry(*a).or_default();
                 e.0 += 1;
-                if !tasks.iter().find(|x| x.id == g.task_id).unwrap().cache { e.1 += 1; }
+                let spec = tasks.iter().find(|x| x.id == g.task_id).unwrap();
+                if !spec.cache { e.1 += 1; }
+                let Some(idx) = agents.iter().position(|x| x == a) else { continue };
+                let template = prop_template(idx, with_rules);
+                let rule = rules.rule_for(&spec.project, &spec.target, spec.configuration.as_deref());
+                prop_assert!(rules.allows(rule, template), "{} runs on {template}, which its rule does not allow", g.task_id);
+                if let Some(r) = rule {
+                    let n = per_rule.entry((*a, r)).or_default();
+                    *n += 1;
+                    if let Some(cap) = rules.parallelism(r, template) {
+                        prop_assert!(*n <= cap, "rule {} runs {} tasks on one {template} agent, over its parallelism {cap}", r + 1, n);
+                    }
+                }
             }
             for (a, (n, nc)) in per_agent {
                 let Some(idx) = agents.iter().position(|x| *x == a) else { continue };
@@ -857,7 +907,7 @@ proptest! {
         // forgotten and comes back under a new id.
         let reconnect = |h: &mut Harness, i: usize, agents: &[AgentId], running: &[(AgentId, LeaseGrant)]| {
             let held: Vec<Held> = running.iter().filter(|(a, _)| *a == agents[i]).map(|(_, g)| Held { lease: g.lease, token: g.token }).collect();
-            h.connect(hello(&format!("a{i}"), "linux", slots[i], None, held))
+            h.connect(hello(&format!("a{i}"), prop_template(i, with_rules), slots[i], None, held))
         };
 
         absorb(&mut h, &mut running, &mut dead, &succeeded)?;
