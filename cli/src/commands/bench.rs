@@ -144,7 +144,9 @@ fn decision(args: DecisionArgs) -> Result<u8, CliError> {
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
     out!(
         "{} tasks, {} agents (2 slots each): set-up {setup:.2?}, {} decisions timed",
-        args.tasks, args.agents, args.steps
+        args.tasks,
+        args.agents,
+        args.steps
     );
     out!(
         "one decision: mean {:.2} us, p50 {:.2} us, p99 {:.2} us",

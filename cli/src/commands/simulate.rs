@@ -156,7 +156,11 @@ pub fn run(args: SimulateArgs) -> Result<u8, CliError> {
     } else {
         out!(
             "{:<40} {:>7} {:>12} {:>12} {:>12}",
-            "fleet", "slots", "makespan", "lower bound", "utilization"
+            "fleet",
+            "slots",
+            "makespan",
+            "lower bound",
+            "utilization"
         );
         for (o, f) in outcomes.iter().zip(&fleets) {
             let slots: u64 = f
