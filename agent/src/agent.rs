@@ -81,14 +81,19 @@ impl fmt::Display for AgentExit {
 /// killed with its group when this returns, whatever the reason.
 pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<AgentExit, AgentError> {
     config.validate()?;
-    let (url, endpoint) = connection::endpoint(&config.coordinator)?;
-    Agent::new(config, url, endpoint, shutdown).run().await
+    let (url, endpoint) = connection::endpoint(&config.coordinator, &config.tls)?;
+    let bearer = drover_proto::Bearer::new(config.token.as_deref())
+        .map_err(|e| AgentError::InvalidConfig(format!("--token: {e}")))?;
+    Agent::new(config, url, endpoint, bearer, shutdown)
+        .run()
+        .await
 }
 
 struct Agent {
     config: AgentConfig,
     url: String,
     endpoint: Endpoint,
+    bearer: drover_proto::Bearer,
     shutdown: Shutdown,
     session: Session,
     tasks: TaskSet,
@@ -110,7 +115,13 @@ enum Served {
 }
 
 impl Agent {
-    fn new(config: AgentConfig, url: String, endpoint: Endpoint, shutdown: Shutdown) -> Self {
+    fn new(
+        config: AgentConfig,
+        url: String,
+        endpoint: Endpoint,
+        bearer: drover_proto::Bearer,
+        shutdown: Shutdown,
+    ) -> Self {
         let tasks = TaskSet::new(ExecContext {
             workdir: config.workdir.clone(),
             agent_name: config.name.clone(),
@@ -124,6 +135,7 @@ impl Agent {
             config,
             url,
             endpoint,
+            bearer,
             shutdown,
             tasks,
             deadline: None,
@@ -145,7 +157,12 @@ impl Agent {
             let attempt_timeout = remaining.min(ATTEMPT_TIMEOUT);
             let attempt = tokio::time::timeout(
                 attempt_timeout,
-                connection::open(self.endpoint.clone(), self.url.clone(), self.hello()),
+                connection::open(
+                    self.endpoint.clone(),
+                    self.url.clone(),
+                    self.hello(),
+                    self.bearer.clone(),
+                ),
             );
             let failure = match self.while_disconnected(attempt).await {
                 Waited::Exit(exit) => return Ok(exit),

@@ -30,6 +30,11 @@ pub struct AgentConfig {
     /// Give up when the coordinator cannot be reached for this long (at start or after a
     /// lost connection); reconnects retry with backoff and jitter until then.
     pub connect_timeout: Duration,
+    /// The bearer token the agent connects with (a token with the `agent` scope). Never passed
+    /// to tasks.
+    pub token: Option<String>,
+    /// The CA to trust for `https://` and, for mutual TLS, the agent's certificate.
+    pub tls: drover_proto::ClientTls,
 }
 
 impl AgentConfig {
@@ -93,6 +98,8 @@ mod tests {
             workdir: std::env::temp_dir(),
             drain_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
+            token: None,
+            tls: drover_proto::ClientTls::default(),
         }
     }
 

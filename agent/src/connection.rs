@@ -11,15 +11,18 @@ use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 
 use crate::error::{AgentError, error_chain};
+use drover_proto::{Bearer, ClientTls};
 
 /// Messages handed to the stream but not yet written; kept small, because what sits here
 /// when the connection drops is lost (results are resent, output is not).
 const OUTBOUND_QUEUE: usize = 16;
 /// The coordinator's address, normalised, and an endpoint for it (the one every client uses).
-pub(crate) fn endpoint(address: &str) -> Result<(String, Endpoint), AgentError> {
-    drover_proto::coordinator_endpoint(address).map_err(|e| AgentError::InvalidCoordinatorUrl {
-        url: e.address,
-        reason: e.reason,
+pub(crate) fn endpoint(address: &str, tls: &ClientTls) -> Result<(String, Endpoint), AgentError> {
+    drover_proto::coordinator_endpoint(address, tls).map_err(|e| {
+        AgentError::InvalidCoordinatorUrl {
+            url: e.address,
+            reason: e.reason,
+        }
     })
 }
 
@@ -51,6 +54,7 @@ pub(crate) async fn open(
     endpoint: Endpoint,
     url: String,
     hello: Hello,
+    bearer: Bearer,
 ) -> Result<Opened, AttemptError> {
     let channel = endpoint
         .connect()
@@ -62,7 +66,7 @@ pub(crate) async fn open(
     };
     // The channel is new and empty, so this cannot fail; the coordinator answers only after Hello.
     let _ = tx.try_send(hello);
-    let response = AgentServiceClient::new(channel)
+    let response = AgentServiceClient::with_interceptor(channel, bearer)
         .connect(ReceiverStream::new(rx))
         .await
         .map_err(|status| classify(&url, &status))?;
@@ -142,13 +146,16 @@ mod tests {
 
     #[test]
     fn addresses_are_normalised_and_checked() {
-        let (url, _) = endpoint("127.0.0.1:50051").expect("host:port is fine");
+        let (url, _) =
+            endpoint("127.0.0.1:50051", &ClientTls::default()).expect("host:port is fine");
         assert_eq!(url, "http://127.0.0.1:50051");
-        let (url, _) = endpoint("http://coordinator:50051").expect("http is fine");
+        let (url, _) =
+            endpoint("http://coordinator:50051", &ClientTls::default()).expect("http is fine");
         assert_eq!(url, "http://coordinator:50051");
-        let err = endpoint("https://coordinator").expect_err("https is refused");
-        assert!(err.to_string().contains("TLS"), "{err}");
-        let err = endpoint("ftp://coordinator").expect_err("ftp is refused");
+        let (url, _) =
+            endpoint("https://coordinator", &ClientTls::default()).expect("https is fine");
+        assert_eq!(url, "https://coordinator");
+        let err = endpoint("ftp://coordinator", &ClientTls::default()).expect_err("ftp is refused");
         assert!(err.to_string().contains("http://"), "{err}");
     }
 

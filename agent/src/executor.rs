@@ -75,6 +75,15 @@ impl From<Lease> for TaskSpec {
     }
 }
 
+/// Variables of the agent's environment that hold long-lived credentials; tasks never see them.
+pub(crate) const AGENT_SECRETS: &[&str] = &[
+    "DROVER_TOKEN",
+    "DROVER_CACHE_TOKEN",
+    "DROVER_CACHE_READ_TOKEN",
+    "NX_CLOUD_ACCESS_TOKEN",
+    "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN",
+];
+
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TaskResult {
@@ -219,7 +228,15 @@ impl TaskSet {
             .arg("-c")
             .arg(&spec.command)
             .current_dir(&ctx.workdir)
-            .envs(&spec.env)
+            .envs(&spec.env);
+        // The agent's own credentials stay with the agent: a task gets the one minted for its
+        // lease (in the lease's variables), never a long-lived token.
+        for name in AGENT_SECRETS {
+            if !spec.env.contains_key(*name) {
+                command.env_remove(name);
+            }
+        }
+        command
             .env("DROVER_AGENT_NAME", &ctx.agent_name)
             .env("DROVER_LAUNCH_TEMPLATE", &ctx.launch_template)
             .env("DROVER_TASK_ID", &spec.task_id)

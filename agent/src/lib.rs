@@ -14,6 +14,8 @@
 //!     workdir: ".".into(),
 //!     drain_timeout: AgentConfig::DEFAULT_DRAIN_TIMEOUT,
 //!     connect_timeout: AgentConfig::DEFAULT_CONNECT_TIMEOUT,
+//!     token: None,
+//!     tls: Default::default(),
 //! };
 //! let shutdown = Shutdown::from_signals().expect("signal handlers");
 //! let exit = drover_agent::run(config, shutdown).await?;
@@ -37,4 +39,10 @@ mod shutdown;
 pub use agent::{AgentExit, run};
 pub use config::AgentConfig;
 pub use error::AgentError;
+
+/// Whether an environment variable holds one of the long-lived credentials that never reach a
+/// task (`DROVER_TOKEN`, the cache's tokens...).
+pub fn is_credential(name: &str) -> bool {
+    executor::AGENT_SECRETS.contains(&name)
+}
 pub use shutdown::{Shutdown, ShutdownHandle, ShutdownRequest};

@@ -11,8 +11,8 @@ use drover_scheduler::TaskSpec;
 use drover_scheduler::duration::format_duration;
 use pb::run_event::Event;
 use pb::run_service_client::RunServiceClient;
-use tonic::transport::Channel;
 
+use crate::client::Conn;
 use crate::error::CliError;
 
 /// How long the follower keeps trying to reach a coordinator that went away.
@@ -69,7 +69,7 @@ pub struct Submit<'a> {
 /// The main job's one way to run a graph (`exec`, `nx`, `demo`): submit it, say so with
 /// `announce`, and follow it to its end.
 pub async fn submit_and_follow(
-    channel: Channel,
+    channel: Conn,
     submit: Submit<'_>,
     announce: impl FnOnce(&pb::SubmitGraphResponse),
 ) -> Result<(pb::SubmitGraphResponse, Outcome), CliError> {
@@ -103,7 +103,7 @@ pub async fn submit_and_follow(
     Ok((submitted, outcome))
 }
 
-pub async fn follow(channel: Channel, f: Follow) -> Result<Outcome, CliError> {
+pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
     let mut client = RunServiceClient::new(channel);
     let mut counts = Counts::default();
     let mut next_seq = 1;

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{agent, bench, cache, coordinator, demo, exec, nx, rules, run, simulate};
+use commands::{agent, bench, cache, coordinator, demo, exec, nx, rules, run, simulate, token};
 use error::CliError;
 
 #[derive(Parser, Debug)]
@@ -67,9 +67,14 @@ enum Command {
     /// Benchmarks: `schedule` (policies on public DAG sets), `decision` (one scheduling decision).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Tokens for the coordinator's --auth-file: `new`.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 fn main() -> ExitCode {
+    // One TLS implementation for every client and server in the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Coordinator(_) | Command::Agent(_));
     init_tracing(if quiet { "warn" } else { "info" });
@@ -113,6 +118,7 @@ async fn dispatch(command: Command) -> Result<u8, CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::Simulate(args) => simulate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
     }
 }
 

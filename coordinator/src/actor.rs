@@ -16,6 +16,7 @@ use drover_proto::v1 as pb;
 use drover_scheduler::state::{Action, Event, MessageKind, Reply, RunEvent, Scheduler};
 use tokio::sync::mpsc;
 
+use crate::auth::{Auth, LeaseAccess};
 use crate::convert;
 use crate::error::CoordError;
 use crate::metrics::Metrics;
@@ -44,8 +45,10 @@ pub struct Actor {
     /// Answers to requests, sent once what they changed is stored.
     replies: Vec<(ReplyTx, Result<Reply, CoordError>)>,
     retention: Retention,
-    /// Variables every lease carries, over the run's and the task's (the remote cache's).
-    lease_env: Vec<(String, String)>,
+    /// Issues each lease's credential and voids it when the lease ends.
+    auth: Arc<Auth>,
+    /// The remote cache's URL as tasks reach it.
+    cache_url: String,
 }
 
 /// Commands handled before one commit at most (group commit).
@@ -100,6 +103,7 @@ impl Actor {
                 reply,
             } => {
                 let unix_ms = unix_ms(SystemTime::now());
+                let spec = *spec;
                 let result = self.apply(Event::StartRun { spec, unix_ms });
                 if let Ok(Reply::RunStarted {
                     run_id,
@@ -128,6 +132,17 @@ impl Actor {
                 if let Ok(Reply::Completed { run_id }) = &result {
                     self.store.completed(run_id);
                 }
+                self.replies.push((reply, result));
+            }
+            Command::Cancel { run, by, reply } => {
+                let result = self.apply(Event::Cancel { run, by });
+                if let Ok(Reply::Completed { run_id }) = &result {
+                    self.store.completed(run_id);
+                }
+                self.replies.push((reply, result));
+            }
+            Command::Drain { agent, reply } => {
+                let result = self.apply(Event::Drain { agent });
                 self.replies.push((reply, result));
             }
             Command::Connect {
@@ -174,7 +189,7 @@ impl Actor {
                 });
                 let _ = reply.send(result);
             }
-            Command::Read(read) => read(&self.sched),
+            Command::Read(read) => read(&self.sched, self.now()),
         }
     }
 
@@ -205,6 +220,7 @@ impl Actor {
                     let event = log.record(event, submissions.clone());
                     self.store.event(&run_id, event, &submissions);
                 }
+                Action::Released { lease, .. } => self.auth.leases.revoke(lease),
                 Action::Refused {
                     agent,
                     message,
@@ -222,7 +238,9 @@ impl Actor {
     fn commit(&mut self) {
         if self.store.is_dirty() {
             let (store, sched) = (&mut self.store, &self.sched);
-            if let Err(e) = blocking(|| store.commit(sched)) {
+            let result = blocking(|| store.commit(sched));
+            self.metrics.set_store_writable(result.is_ok());
+            if let Err(e) = result {
                 tracing::error!(error = %e, "could not store the latest changes; a restart now would lose them");
             }
         }
@@ -256,10 +274,39 @@ impl Actor {
     fn send(&self, action: Action) {
         if let Some((agent, mut msg)) = convert::to_agent(action) {
             if let pb::coordinator_message::Msg::Lease(lease) = &mut msg {
-                lease.env.extend(self.lease_env.iter().cloned());
+                self.lease_env(lease);
             }
             self.conns.send(agent, msg);
         }
+    }
+
+    /// What every lease carries over the run's and the task's variables: the remote cache and
+    /// a credential minted for this lease (never a long-lived token), which writes the cache
+    /// in the run's namespace until the lease ends.
+    fn lease_env(&self, lease: &mut pb::Lease) {
+        let Ok(id) = lease.lease_id.parse() else {
+            return;
+        };
+        let access = LeaseAccess {
+            lease: id,
+            run_id: lease.run_id.clone(),
+            cache_namespace: self
+                .sched
+                .cache_namespace(&lease.run_id)
+                .map(str::to_string),
+        };
+        let credential = self.auth.leases.issue(lease.fencing_token, access);
+        let env = [
+            ("NX_SELF_HOSTED_REMOTE_CACHE_SERVER", self.cache_url.clone()),
+            (
+                "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN",
+                credential.clone(),
+            ),
+            ("DROVER_LEASE_CREDENTIAL", credential),
+        ];
+        lease
+            .env
+            .extend(env.into_iter().map(|(k, v)| (k.to_string(), v)));
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use drover_scheduler::Config;
 
 use crate::cache::CacheConfig;
+use crate::tls::TlsConfig;
 
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -26,6 +27,12 @@ pub struct CoordinatorConfig {
     pub retention_sweep_interval: Duration,
     /// Nx's remote cache on the HTTP port: storage, tokens, limits, eviction.
     pub cache: CacheConfig,
+    /// Tokens with scopes (`--auth-file`); without one, only loopback addresses are served.
+    pub auth_file: Option<PathBuf>,
+    /// Serve without tokens beyond loopback (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
+    /// TLS on both ports.
+    pub tls: Option<TlsConfig>,
 }
 
 impl CoordinatorConfig {
@@ -41,6 +48,9 @@ impl CoordinatorConfig {
             run_retention: Some(Self::DEFAULT_RUN_RETENTION),
             retention_sweep_interval: Self::DEFAULT_RETENTION_SWEEP,
             cache: CacheConfig::default(),
+            auth_file: None,
+            insecure_no_auth: false,
+            tls: None,
         }
     }
 }

@@ -29,6 +29,7 @@ pub fn hello(h: pb::Hello) -> Hello {
         launch_template: h.launch_template,
         slots: h.slots,
         ci_execution_id: (!h.ci_execution_id.is_empty()).then_some(h.ci_execution_id),
+        version: h.version,
     }
 }
 
@@ -102,7 +103,10 @@ pub fn to_agent(action: Action) -> Option<(AgentId, Out)> {
             }),
         ),
         Action::Stop { agent, reason } => (agent, Out::Stop(pb::Stop { reason })),
-        Action::Close { .. } | Action::Refused { .. } | Action::Run { .. } => return None,
+        Action::Close { .. }
+        | Action::Released { .. }
+        | Action::Refused { .. }
+        | Action::Run { .. } => return None,
     })
 }
 
@@ -128,6 +132,8 @@ pub fn run_request(req: pb::StartRunRequest) -> RunRequest {
         stop_on_failure: req.stop_agents_on_failure,
         default_timeout: (req.default_timeout_ms > 0)
             .then(|| Duration::from_millis(req.default_timeout_ms)),
+        cache_namespace: (!req.cache_namespace.is_empty()).then_some(req.cache_namespace),
+        started_by: req.started_by,
     }
 }
 
@@ -145,6 +151,8 @@ pub fn run_request_to_proto(req: &RunRequest) -> pb::StartRunRequest {
         retries: req.retries,
         stop_agents_on_failure: req.stop_on_failure,
         default_timeout_ms: req.default_timeout.map_or(0, |d| d.as_millis() as u64),
+        cache_namespace: req.cache_namespace.clone().unwrap_or_default(),
+        started_by: req.started_by.clone(),
     }
 }
 
@@ -232,6 +240,9 @@ pub fn run_info(v: &RunSummary) -> pb::RunInfo {
         failed: v.progress.failed as u32,
         skipped: v.progress.skipped as u32,
         running: v.progress.running as u32,
+        started_by: v.started_by.clone(),
+        cache_namespace: v.cache_namespace.clone().unwrap_or_default(),
+        opened_at_ms: v.opened_unix_ms,
     }
 }
 
@@ -242,8 +253,11 @@ pub fn get_run(view: &RunView) -> pb::GetRunResponse {
     }
 }
 
-pub fn agent_info(a: AgentView) -> pb::AgentInfo {
+/// An agent for operators; `now` is the scheduler's clock, to say how long ago it was heard.
+pub fn agent_info(a: AgentView, now: Duration) -> pb::AgentInfo {
     pb::AgentInfo {
+        last_heartbeat_ms_ago: now.saturating_sub(a.last_seen).as_millis() as u64,
+        version: a.version,
         agent_id: a.id.to_string(),
         name: a.name,
         launch_template: a.template,

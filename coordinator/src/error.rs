@@ -23,6 +23,10 @@ pub enum CoordError {
     Store { path: String, message: String },
     #[error("cache: {0}")]
     Cache(#[from] crate::cache::CacheError),
+    #[error("{0}")]
+    Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(String),
     #[error("the HTTP server on {addr} failed: {source}")]
@@ -57,6 +61,8 @@ impl From<CoordError> for tonic::Status {
             | CoordError::DataDir { .. }
             | CoordError::Store { .. }
             | CoordError::Cache(_)
+            | CoordError::Auth(_)
+            | CoordError::Tls(_)
             | CoordError::Reflection(_)
             | CoordError::Http { .. }
             | CoordError::Transport(_) => Status::internal(msg),

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod actor;
+pub mod auth;
 pub mod cache;
 mod config;
 mod convert;
@@ -13,29 +14,33 @@ mod persist;
 mod runlog;
 mod service;
 mod store;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::v1::admin_service_server::AdminServiceServer;
 use drover_proto::v1::agent_service_server::AgentServiceServer;
 use drover_proto::v1::run_service_server::RunServiceServer;
-use std::sync::Arc;
-
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::CoordinatorConfig;
 pub use convert::{task_from_proto, task_to_proto};
 pub use error::CoordError;
+pub use tls::TlsConfig;
 
 use actor::{Actor, Handle, Retention};
+use auth::Auth;
 use metrics::Metrics;
 use service::admin::AdminSvc;
 use service::agent::AgentSvc;
 use service::run::RunSvc;
+use tls::ServerTls;
 
 /// A coordinator whose ports are bound, ready to serve.
 pub struct Coordinator {
@@ -43,45 +48,59 @@ pub struct Coordinator {
     http: TcpListener,
     actor: Actor,
     handle: Handle,
-    cache: Option<cache::Cache>,
+    cache: cache::Cache,
     metrics: Arc<Metrics>,
+    auth: Arc<Auth>,
+    tls: Option<ServerTls>,
+}
+
+fn bind_error(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> CoordError {
+    move |source| CoordError::Bind {
+        addr: addr.to_string(),
+        source,
+    }
 }
 
 impl Coordinator {
-    /// Binds both ports and opens the data dir.
+    /// Checks that the set-up is safe, binds both ports and opens the data dir.
     pub async fn bind(config: CoordinatorConfig) -> Result<Coordinator, CoordError> {
+        auth::check_exposure(
+            &[config.listen, config.http_listen],
+            config.auth_file.is_some(),
+            config.insecure_no_auth,
+        )
+        .map_err(CoordError::Auth)?;
+        let tls = config.tls.as_ref().map(TlsConfig::load).transpose()?;
+        let auth = Arc::new(Auth::open(
+            config.auth_file.as_deref(),
+            config.cache.tokens(),
+            &config.data_dir,
+        )?);
+        if auth.enabled() {
+            tracing::info!("tokens are required (--auth-file)");
+        }
         let grpc = TcpListener::bind(config.listen)
             .await
-            .map_err(|source| CoordError::Bind {
-                addr: config.listen.to_string(),
-                source,
-            })?;
+            .map_err(bind_error(config.listen))?;
         let http = TcpListener::bind(config.http_listen)
             .await
-            .map_err(|source| CoordError::Bind {
-                addr: config.http_listen.to_string(),
-                source,
-            })?;
-        let cache = match config.cache.enabled() {
-            true => Some(cache::Cache::open(&config.cache, &config.data_dir).await?),
-            false => None,
-        };
-        let http_addr = http.local_addr().map_err(|source| CoordError::Bind {
-            addr: config.http_listen.to_string(),
-            source,
-        })?;
+            .map_err(bind_error(config.http_listen))?;
+        let http_addr = http.local_addr().map_err(bind_error(config.http_listen))?;
+        let cache = cache::Cache::open(&config.cache, &config.data_dir).await?;
         let retention = Retention {
             keep: config.run_retention,
             sweep_interval: config.retention_sweep_interval,
         };
-        let metrics = Arc::new(Metrics::new(cache.as_ref().map(|c| c.counters())));
+        let metrics = Arc::new(Metrics::new(Some(cache.counters())));
+        let cache_url = cache::public_url(&config.cache, http_addr, tls.is_some());
         let (actor, handle) = Actor::new(
             config.scheduling,
             config.data_dir,
             retention,
             metrics.clone(),
+            auth.clone(),
+            cache_url,
         )?;
-        let actor = actor.with_lease_env(cache::lease_env(&config.cache, http_addr));
         Ok(Coordinator {
             grpc,
             http,
@@ -89,6 +108,8 @@ impl Coordinator {
             handle,
             cache,
             metrics,
+            auth,
+            tls,
         })
     }
 
@@ -113,8 +134,8 @@ impl Coordinator {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-
         let http_addr = self.http_addr().to_string();
+
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<AgentServiceServer<AgentSvc>>()
@@ -143,29 +164,45 @@ impl Coordinator {
             .build_v1alpha()
             .map_err(|e| CoordError::Reflection(e.to_string()))?;
 
-        let grpc = tonic::transport::Server::builder()
+        let (grpc_tls, http_tls) = match self.tls {
+            Some(t) => (Some(t.grpc), Some(t.http)),
+            None => (None, None),
+        };
+        let mut server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        if let Some(tls) = grpc_tls {
+            server = server.tls_config(tls)?;
+        }
+        // Small messages go out at once (no Nagle delay on leases and results).
+        let incoming = TcpListenerStream::new(self.grpc).map(|s| {
+            s.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
+        let auth = self.auth.clone();
+        let grpc = server
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(AgentServiceServer::new(AgentSvc::new(self.handle.clone())))
-            .add_service(RunServiceServer::new(RunSvc::new(self.handle.clone())))
-            .add_service(AdminServiceServer::new(AdminSvc::new(self.handle.clone())))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc),
-                stopped(stop_rx.clone()),
-            );
-        let routes = http::router(self.handle.clone(), self.metrics.clone())
-            .merge(cache::router(self.cache.clone()));
-        let http = axum::serve(self.http, routes).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let eviction_stop = stopped(stop_rx.clone());
-        let eviction = async move {
-            match self.cache {
-                Some(cache) => cache.evict_periodically(eviction_stop).await,
-                None => eviction_stop.await,
-            }
-        };
+            .add_service(AgentServiceServer::new(AgentSvc::new(
+                self.handle.clone(),
+                auth.clone(),
+            )))
+            .add_service(RunServiceServer::new(RunSvc::new(
+                self.handle.clone(),
+                auth.clone(),
+            )))
+            .add_service(AdminServiceServer::new(AdminSvc::new(
+                self.handle.clone(),
+                auth.clone(),
+            )))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        let routes = http::router(self.handle.clone(), self.metrics.clone(), auth.clone())
+            .merge(cache::router(self.cache.clone(), auth.clone()));
+        let http = http::serve(self.http, routes, http_tls, stopped(stop_rx.clone()));
+        let eviction = self.cache.evict_periodically(stopped(stop_rx.clone()));
+        let reload = reload_on_sighup(auth, stopped(stop_rx.clone()));
         // The actor stops first: that ends every agent and watch stream, so the servers'
         // graceful shutdown does not wait on them.
         let actor = self.actor.run(stopped(stop_rx));
@@ -174,7 +211,7 @@ impl Coordinator {
             shutdown.await;
             let _ = stop_tx.send(true);
         };
-        let (_, _, grpc, http, ()) = tokio::join!(trigger, actor, grpc, http, eviction);
+        let (_, _, grpc, http, (), ()) = tokio::join!(trigger, actor, grpc, http, eviction, reload);
         grpc?;
         http.map_err(|source| CoordError::Http {
             addr: http_addr,
@@ -182,4 +219,31 @@ impl Coordinator {
         })?;
         Ok(())
     }
+}
+
+/// Re-reads the auth file on every SIGHUP until `stop`; open connections are kept.
+async fn reload_on_sighup(auth: Arc<Auth>, stop: impl Future<Output = ()>) {
+    if !auth.enabled() {
+        return stop.await;
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; the auth file is read at start only");
+            return stop.await;
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match auth.reload() {
+                    Ok(n) => tracing::info!(tokens = n, "SIGHUP: read the auth file again"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: the auth file is not valid; the old tokens stay"),
+                },
+                _ = &mut stop => break,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    stop.await
 }

@@ -42,6 +42,7 @@ pub struct Metrics {
     tasks_running: Gauge,
     tasks_queued: Gauge,
     runs_active: Gauge,
+    store_writable: Gauge,
     template_agents: Family<TemplateLabel, Gauge>,
     template_free_slots: Family<TemplateLabel, Gauge>,
     template_ready: Family<TemplateLabel, Gauge>,
@@ -64,6 +65,7 @@ impl Metrics {
             tasks_running: Gauge::default(),
             tasks_queued: Gauge::default(),
             runs_active: Gauge::default(),
+            store_writable: Gauge::default(),
             template_agents: Family::default(),
             template_free_slots: Family::default(),
             template_ready: Family::default(),
@@ -95,6 +97,11 @@ impl Metrics {
             "runs_active",
             "Runs that have not ended.",
             m.runs_active.clone(),
+        );
+        r.register(
+            "store_writable",
+            "1 while the store takes writes; 0 after a failed commit (nothing new is acknowledged).",
+            m.store_writable.clone(),
         );
         r.register(
             "template_agents",
@@ -221,6 +228,15 @@ impl Metrics {
             },
             _ => {}
         }
+    }
+
+    /// Whether the last commit went through.
+    pub fn store_writable(&self) -> bool {
+        self.store_writable.get() == 1
+    }
+
+    pub fn set_store_writable(&self, ok: bool) {
+        self.store_writable.set(i64::from(ok));
     }
 
     pub fn runs_forgotten(&self, n: u64) {

@@ -12,4 +12,4 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("drov
 
 mod endpoint;
 
-pub use endpoint::{BadAddress, coordinator_endpoint};
+pub use endpoint::{BadAddress, Bearer, ClientTls, coordinator_endpoint};

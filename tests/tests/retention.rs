@@ -54,7 +54,7 @@ impl Client {
         let mut admin = AdminServiceClient::new(self.channel());
         let runs = self
             .rt
-            .block_on(admin.list_runs(ListRunsRequest {}))
+            .block_on(admin.list_runs(ListRunsRequest::default()))
             .expect("list runs")
             .into_inner()
             .runs;

@@ -26,6 +26,8 @@ fn config(url: &str) -> AgentConfig {
         workdir: std::env::temp_dir(),
         drain_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
+        token: None,
+        tls: Default::default(),
     }
 }
 
@@ -357,6 +359,8 @@ async fn an_unreachable_coordinator_is_an_error_after_the_connect_timeout() {
     let started = Instant::now();
     let (agent, _shutdown) = start(AgentConfig {
         connect_timeout: Duration::from_millis(400),
+        token: None,
+        tls: Default::default(),
         ..config(&url)
     });
     let error = exit_of(agent).await.expect_err("nobody listens");

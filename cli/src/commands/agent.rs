@@ -62,7 +62,7 @@ pub async fn run(args: AgentArgs) -> Result<u8, CliError> {
         ci_env::execution_id_from_env().map(|(id, _)| id)
     };
     let config = AgentConfig {
-        coordinator: args.coordinator.url,
+        coordinator: args.coordinator.url.clone(),
         name,
         instance_id: AgentConfig::new_instance_id(),
         launch_template,
@@ -71,6 +71,8 @@ pub async fn run(args: AgentArgs) -> Result<u8, CliError> {
         workdir: args.workdir,
         drain_timeout: args.drain_timeout.0,
         connect_timeout: args.connect_timeout.0,
+        token: args.coordinator.token.clone(),
+        tls: args.coordinator.tls(),
     };
     let shutdown = Shutdown::from_signals()
         .map_err(|e| CliError::Io(format!("cannot listen for signals: {e}")))?;

@@ -33,10 +33,14 @@ pub struct CacheServer {
     /// NX_SELF_HOSTED_REMOTE_CACHE_SERVER, else http://127.0.0.1:50052).
     #[arg(long)]
     pub server: Option<String>,
-    /// Bearer token (default: DROVER_CACHE_TOKEN, else NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN,
-    /// else DROVER_CACHE_READ_TOKEN). Pruning needs the read-write token.
+    /// Bearer token (default: DROVER_TOKEN, else DROVER_CACHE_TOKEN, else
+    /// NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN, else DROVER_CACHE_READ_TOKEN). Stats need the
+    /// `read` scope, pruning `write`.
     #[arg(long)]
     pub token: Option<String>,
+    /// Trust this CA (PEM) for an https:// server (default: the system's roots).
+    #[arg(long, env = "DROVER_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl CacheServer {
@@ -54,21 +58,16 @@ impl CacheServer {
         url.trim_end_matches('/').to_string()
     }
 
-    pub fn token(&self) -> Result<String, CliError> {
-        self.token
-            .clone()
-            .or_else(|| {
-                first_env(&[
-                    "DROVER_CACHE_TOKEN",
-                    "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN",
-                    "DROVER_CACHE_READ_TOKEN",
-                ])
-            })
-            .ok_or_else(|| {
-                CliError::Usage(
-                    "no cache token: pass --token, or set DROVER_CACHE_TOKEN or NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN".into(),
-                )
-            })
+    /// The token, if one is given (a coordinator without tokens needs none).
+    pub fn token(&self) -> Option<String> {
+        self.token.clone().or_else(|| {
+            first_env(&[
+                "DROVER_TOKEN",
+                "DROVER_CACHE_TOKEN",
+                "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN",
+                "DROVER_CACHE_READ_TOKEN",
+            ])
+        })
     }
 }
 
@@ -142,10 +141,11 @@ async fn call(
     path: &str,
 ) -> Result<String, CliError> {
     let url = format!("{}{path}", server.url());
-    let token = server.token()?;
-    let response = reqwest::Client::new()
-        .request(method, &url)
-        .bearer_auth(token)
+    let mut request = crate::client::http_client(server.ca_cert.as_deref())?.request(method, &url);
+    if let Some(token) = server.token() {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| CliError::Io(format!("cannot reach the cache at {url}: {e}")))?;

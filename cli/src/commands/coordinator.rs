@@ -43,6 +43,24 @@ pub struct CoordinatorArgs {
     /// How often ended runs are checked against the run retention.
     #[arg(long, env = "DROVER_RETENTION_SWEEP_INTERVAL", default_value_t = Positive(CoordinatorConfig::DEFAULT_RETENTION_SWEEP), hide = true)]
     pub retention_sweep_interval: Positive,
+    /// Tokens with scopes: YAML `tokens:` of `{name, sha256, scopes, launch-templates?,
+    /// cache-namespace?}` (`drover token new` makes entries). Re-read on SIGHUP. Without it
+    /// only loopback addresses are served.
+    #[arg(long, env = "DROVER_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve without tokens on addresses beyond loopback (anyone who reaches the port can run
+    /// code on the agents).
+    #[arg(long, env = "DROVER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// TLS on both ports: the coordinator's certificate (PEM, with its chain).
+    #[arg(long, env = "DROVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "DROVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: gRPC clients (agents) must present a certificate signed by this CA (PEM).
+    #[arg(long, env = "DROVER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -130,6 +148,16 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     config.run_retention = (!args.run_retention.0.is_zero()).then_some(args.run_retention.0);
     config.retention_sweep_interval = args.retention_sweep_interval.0;
     config.cache = args.cache.config();
+    config.auth_file = args.auth_file;
+    config.insecure_no_auth = args.insecure_no_auth;
+    config.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| drover_coordinator::TlsConfig {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        });
     let coordinator = Coordinator::bind(config).await?;
     // Tests and scripts read this line to find the ports.
     out!(

@@ -12,7 +12,8 @@ use drover_proto::v1 as pb;
 use drover_scheduler::graph::parse_graph_file;
 use pb::run_service_client::RunServiceClient;
 
-use crate::client::channel;
+use crate::client::connect;
+use crate::commands::CoordinatorUrl;
 use crate::error::CliError;
 use crate::follow::{Submit, submit_and_follow};
 
@@ -79,11 +80,19 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
             workdir,
             drain_timeout: Duration::from_secs(10),
             connect_timeout: AgentConfig::DEFAULT_CONNECT_TIMEOUT,
+            token: None,
+            tls: Default::default(),
         };
         agents.push(tokio::spawn(drover_agent::run(config, Shutdown::never())));
     }
 
-    let channel = channel(&url)?;
+    let channel = connect(&CoordinatorUrl {
+        url: url.clone(),
+        token: None,
+        ca_cert: None,
+        client_cert: None,
+        client_key: None,
+    })?;
     let mut client = RunServiceClient::new(channel.clone());
     let start = pb::StartRunRequest {
         ci_execution_id: EXECUTION.into(),

@@ -6,7 +6,7 @@ use clap::Args;
 use drover_scheduler::graph::parse_graph_file;
 
 use super::run::RunRefArgs;
-use crate::client::channel;
+use crate::client::connect;
 use crate::error::CliError;
 use crate::follow::{Submit, submit_and_follow};
 
@@ -36,7 +36,7 @@ pub async fn run(args: ExecArgs) -> Result<u8, CliError> {
         label: format!("exec --graph {shown}"),
         stream_output: args.stream_output,
     };
-    let (_, outcome) = submit_and_follow(channel(&args.run.coordinator.url)?, submit, |s| {
+    let (_, outcome) = submit_and_follow(connect(&args.run.coordinator)?, submit, |s| {
         eprintln!(
             "drover: submitted {total} tasks to run {} (submission {})",
             s.run_id, s.submission_id

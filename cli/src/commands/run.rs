@@ -10,7 +10,7 @@ use pb::run_service_client::RunServiceClient;
 
 use super::CoordinatorUrl;
 use crate::ci_env::{self, RememberedRun};
-use crate::client::channel;
+use crate::client::connect;
 use crate::error::CliError;
 use crate::human::Human;
 
@@ -75,6 +75,12 @@ pub async fn start(args: StartArgs) -> Result<u8, CliError> {
     };
     let mut env: HashMap<String, String> = HashMap::new();
     for name in &args.with_env_vars {
+        if drover_agent::is_credential(name) {
+            eprintln!(
+                "drover: --with-env-vars: `{name}` holds a long-lived credential; not forwarded (tasks get one minted for their lease)"
+            );
+            continue;
+        }
         match std::env::var(name) {
             Ok(v) => {
                 env.insert(name.clone(), v);
@@ -100,8 +106,9 @@ pub async fn start(args: StartArgs) -> Result<u8, CliError> {
         retries: args.retries,
         stop_agents_on_failure: args.stop_agents_on_failure,
         default_timeout_ms: args.default_timeout.map_or(0, |d| d.0.as_millis() as u64),
+        ..Default::default()
     };
-    let mut client = RunServiceClient::new(channel(&args.coordinator.url)?);
+    let mut client = RunServiceClient::new(connect(&args.coordinator)?);
     let response = client
         .start_run(request)
         .await
@@ -160,7 +167,7 @@ impl RunRefArgs {
 
 pub async fn complete(args: RunRefArgs) -> Result<u8, CliError> {
     let (run_id, ci_execution_id) = args.resolve()?;
-    let mut client = RunServiceClient::new(channel(&args.coordinator.url)?);
+    let mut client = RunServiceClient::new(connect(&args.coordinator)?);
     client
         .complete_run(pb::CompleteRunRequest {
             run_id,

@@ -1,5 +1,7 @@
 //! How services talk to the actor: [`Command`]s through a [`Handle`].
 
+use std::time::Duration;
+
 use drover_proto::v1 as pb;
 use drover_scheduler::TaskSpec;
 use drover_scheduler::state::{
@@ -19,8 +21,8 @@ pub type ReplyTx = oneshot::Sender<Result<Reply, CoordError>>;
 pub enum Command {
     /// `drover start-ci-run`: the request as sent (it is stored) and its checked settings.
     StartRun {
-        request: RunRequest,
-        spec: RunSpec,
+        request: Box<RunRequest>,
+        spec: Box<RunSpec>,
         reply: ReplyTx,
     },
     Submit {
@@ -30,6 +32,17 @@ pub enum Command {
     },
     Complete {
         run: RunRef,
+        reply: ReplyTx,
+    },
+    /// An operator's cancel: `by` is the token's name.
+    Cancel {
+        run: RunRef,
+        by: String,
+        reply: ReplyTx,
+    },
+    /// An operator's drain of an agent.
+    Drain {
+        agent: AgentId,
         reply: ReplyTx,
     },
     /// An agent's stream opened with this Hello; `tx` carries messages to it.
@@ -56,9 +69,13 @@ pub enum Command {
         from_seq: u64,
         reply: oneshot::Sender<Result<WatchRx, CoordError>>,
     },
-    /// A read of the scheduler's state (views for operators, gauges for metrics).
-    Read(Box<dyn FnOnce(&Scheduler) + Send>),
+    /// A read of the scheduler's state (views for operators, gauges for metrics), with the
+    /// scheduler's clock.
+    Read(Read),
 }
+
+/// A read of the scheduler, run inside the actor with the scheduler's clock.
+pub type Read = Box<dyn FnOnce(&Scheduler, Duration) + Send>;
 
 /// A cheap, cloneable way to talk to the actor.
 #[derive(Clone)]
@@ -87,11 +104,11 @@ impl Handle {
     /// Reads the scheduler's state inside the actor.
     pub async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Scheduler) -> T + Send + 'static,
+        f: impl FnOnce(&Scheduler, Duration) -> T + Send + 'static,
     ) -> Result<T, CoordError> {
         let (reply, rx) = oneshot::channel();
-        let read = move |s: &Scheduler| {
-            let _ = reply.send(f(s));
+        let read = move |s: &Scheduler, now: Duration| {
+            let _ = reply.send(f(s, now));
         };
         self.send(Command::Read(Box::new(read))).await?;
         rx.await.map_err(|_| CoordError::ShuttingDown)

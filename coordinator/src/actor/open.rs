@@ -10,6 +10,7 @@ use drover_scheduler::state::{Config, RunSpec, Scheduler};
 use tokio::sync::mpsc;
 
 use super::{Actor, Conns, Handle, Retention};
+use crate::auth::{Auth, LeaseAccess};
 use crate::convert;
 use crate::error::CoordError;
 use crate::metrics::Metrics;
@@ -26,6 +27,8 @@ impl Actor {
         data_dir: PathBuf,
         retention: Retention,
         metrics: Arc<Metrics>,
+        auth: Arc<Auth>,
+        cache_url: String,
     ) -> Result<(Actor, Handle), CoordError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (store, loaded) = Store::open(
@@ -40,6 +43,7 @@ impl Actor {
             );
         }
         metrics.runs_forgotten(loaded.forgotten.len() as u64);
+        metrics.set_store_writable(true);
         let mut durations = DurationStore::open(data_dir)?;
         let mut sched = Scheduler::new(config);
         sched.set_estimates(durations.load());
@@ -67,6 +71,16 @@ impl Actor {
         for run in sched.run_summaries() {
             logs.entry(run.id).or_default();
         }
+        // Leases that were running keep the credentials their tasks hold.
+        for (lease, token, run_id) in sched.active_leases() {
+            let cache_namespace = sched.cache_namespace(&run_id).map(str::to_string);
+            let access = LeaseAccess {
+                lease,
+                run_id,
+                cache_namespace,
+            };
+            auth.leases.issue(token, access);
+        }
         let mut actor = Actor {
             sched,
             epoch,
@@ -79,16 +93,10 @@ impl Actor {
             outbox: Vec::new(),
             replies: Vec::new(),
             retention,
-            lease_env: Vec::new(),
+            auth,
+            cache_url,
         };
         actor.note_end_times();
         Ok((actor, Handle { tx }))
-    }
-
-    /// Variables every lease carries, over the run's and the task's (the remote cache's URL
-    /// and token).
-    pub fn with_lease_env(mut self, env: impl IntoIterator<Item = (String, String)>) -> Self {
-        self.lease_env = env.into_iter().collect();
-        self
     }
 }

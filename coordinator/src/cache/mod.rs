@@ -6,21 +6,19 @@
 //! |---|---|
 //! | `PUT /v1/cache/{hash}` (tar body, `Content-Length`) | 200 stored, 409 already there, 403 read-only token, 413 over the size limit |
 //! | `GET /v1/cache/{hash}` | 200 with the tar, 404 not there |
-//! | either, without a valid `Authorization: Bearer TOKEN` | 401 with a text body |
+//! | either, without a valid `Authorization: Bearer TOKEN` (when tokens are configured) | 401 with a text body |
 //!
 //! Blobs stream straight to the storage backend (a file under the data dir, or S3-compatible
 //! object storage) and back: an upload never sits whole in memory. Drover adds two operator
 //! endpoints on the same port, `GET /drover/cache/stats` and `POST /drover/cache/prune`, and
 //! an eviction policy (total size and age) applied on a timer and on request.
 
-mod auth;
 mod backend;
 mod evict;
 mod local;
 mod routes;
 mod s3;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,7 +26,6 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
-pub use auth::Access;
 pub use backend::{Backend, CacheError, EntryMeta};
 pub use evict::{EvictionPolicy, choose_evictions};
 pub use routes::router;
@@ -86,9 +83,12 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// The cache is served once a token is configured.
-    pub fn enabled(&self) -> bool {
-        self.token.is_some() || self.read_token.is_some()
+    /// The cache's own tokens, for [`Auth`](crate::auth::Auth).
+    pub fn tokens(&self) -> crate::auth::CacheTokens {
+        crate::auth::CacheTokens {
+            write: self.token.clone().filter(|t| !t.is_empty()),
+            read: self.read_token.clone().filter(|t| !t.is_empty()),
+        }
     }
 }
 
@@ -141,8 +141,6 @@ pub struct Cache {
 
 struct Inner {
     backend: Backend,
-    token: Option<String>,
-    read_token: Option<String>,
     max_entry_bytes: u64,
     policy: EvictionPolicy,
     prune_interval: Duration,
@@ -168,14 +166,11 @@ impl Cache {
         };
         tracing::info!(
             backend = %backend.describe(),
-            read_only_token = config.read_token.is_some(),
             "cache: serving Nx's remote cache API on the HTTP port"
         );
         Ok(Cache {
             inner: Arc::new(Inner {
                 backend,
-                token: config.token.clone().filter(|t| !t.is_empty()),
-                read_token: config.read_token.clone().filter(|t| !t.is_empty()),
                 max_entry_bytes: config.max_entry_bytes,
                 policy: config.policy,
                 prune_interval: config.prune_interval,
@@ -195,14 +190,6 @@ impl Cache {
 
     pub fn max_entry_bytes(&self) -> u64 {
         self.inner.max_entry_bytes
-    }
-
-    pub fn access(&self, authorization: Option<&str>) -> Option<Access> {
-        auth::access(
-            authorization,
-            self.inner.token.as_deref(),
-            self.inner.read_token.as_deref(),
-        )
     }
 
     /// Every entry's key, size and age, and the counters.
@@ -287,28 +274,13 @@ impl Cache {
     }
 }
 
-/// The variables every leased task gets so Nx on the agent reads and writes this cache.
-/// Empty when the cache has no read-write token (agents could not upload).
-pub fn lease_env(
-    config: &CacheConfig,
-    http_addr: std::net::SocketAddr,
-) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    if let Some(token) = config.token.as_ref().filter(|t| !t.is_empty()) {
-        let url = config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
-        env.insert(
-            "NX_SELF_HOSTED_REMOTE_CACHE_SERVER".to_string(),
-            url.trim_end_matches('/').to_string(),
-        );
-        env.insert(
-            "NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN".to_string(),
-            token.clone(),
-        );
-    }
-    env
+/// The cache's URL as agents reach it: `--cache-url`, else `http(s)://<http address>`.
+pub fn public_url(config: &CacheConfig, http_addr: std::net::SocketAddr, tls: bool) -> String {
+    let url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{}://{http_addr}", if tls { "https" } else { "http" }));
+    url.trim_end_matches('/').to_string()
 }
 
 /// Parses a size: `1048576`, `512KiB`, `10MiB`, `2GiB` (powers of 1024), `1.5GB`
@@ -337,24 +309,12 @@ mod tests {
     }
 
     #[test]
-    fn leases_carry_the_cache_only_with_a_write_token() {
+    fn the_public_url_defaults_to_the_http_address() {
         let addr: std::net::SocketAddr = "127.0.0.1:50052".parse().unwrap();
-        let mut config = CacheConfig {
-            read_token: Some("r".into()),
-            ..CacheConfig::default()
-        };
-        assert!(lease_env(&config, addr).is_empty());
-        config.token = Some("w".into());
-        let env = lease_env(&config, addr);
-        assert_eq!(
-            env["NX_SELF_HOSTED_REMOTE_CACHE_SERVER"],
-            "http://127.0.0.1:50052"
-        );
-        assert_eq!(env["NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN"], "w");
+        let mut config = CacheConfig::default();
+        assert_eq!(public_url(&config, addr, false), "http://127.0.0.1:50052");
+        assert_eq!(public_url(&config, addr, true), "https://127.0.0.1:50052");
         config.public_url = Some("https://cache.example/".into());
-        assert_eq!(
-            lease_env(&config, addr)["NX_SELF_HOSTED_REMOTE_CACHE_SERVER"],
-            "https://cache.example"
-        );
+        assert_eq!(public_url(&config, addr, false), "https://cache.example");
     }
 }

@@ -1,109 +1,86 @@
 //! The HTTP edge of the cache: Nx's `/v1/cache/{hash}` and Drover's `/drover/cache/*`.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use super::Cache;
 use super::backend::{PutOutcome, valid_hash};
-use super::{Access, Cache};
+use crate::auth::{Auth, Principal, Scope};
+use crate::http::{authorization, refused, text};
 
-/// The cache's routes; `None` answers 503 everywhere (no token configured, so no cache).
-pub fn router(cache: Option<Cache>) -> Router {
+/// The cache's routes. Who may read and write is the [`Auth`]'s: `read` for GET, `write` or a
+/// lease credential for PUT; entries go to the caller's cache namespace.
+pub fn router(cache: Cache, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/v1/cache/{hash}", get(get_entry).put(put_entry))
         .route("/drover/cache/stats", get(stats))
         .route("/drover/cache/prune", post(prune))
         .layer(DefaultBodyLimit::disable())
-        .with_state(cache)
+        .with_state(Routes { cache, auth })
 }
 
-fn text(status: StatusCode, message: impl Into<String>) -> Response {
-    let mut body = message.into();
-    body.push('\n');
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
+#[derive(Clone)]
+struct Routes {
+    cache: Cache,
+    auth: Arc<Auth>,
 }
 
-fn off() -> Response {
-    text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "this coordinator serves no cache: start it with --cache-token (DROVER_CACHE_TOKEN)",
-    )
-}
-
-fn unauthorized() -> Response {
-    text(
-        StatusCode::UNAUTHORIZED,
-        "Unauthorized: missing or unknown bearer token (Authorization: Bearer TOKEN)",
-    )
-}
-
-/// Why a request is refused before it is looked at.
-enum Refused {
-    Off,
-    Unauthorized,
-}
-
-impl IntoResponse for Refused {
-    fn into_response(self) -> Response {
-        match self {
-            Refused::Off => off(),
-            Refused::Unauthorized => unauthorized(),
-        }
+impl Routes {
+    fn allow(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        scope: Scope,
+        what: &str,
+    ) -> Result<Principal, Box<Response>> {
+        self.auth
+            .cache_principal(authorization(headers), scope)
+            .map_err(|denied| Box::new(refused(&denied, Some(peer), what)))
     }
 }
 
-/// The access a request has, or why it has none.
-fn authorize(cache: &Option<Cache>, headers: &HeaderMap) -> Result<(Cache, Access), Refused> {
-    let Some(cache) = cache else {
-        return Err(Refused::Off);
-    };
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match cache.access(auth) {
-        Some(access) => Ok((cache.clone(), access)),
-        None => Err(Refused::Unauthorized),
+/// Where an entry of a namespace is kept: `HASH` in the default namespace, `NS~HASH` in
+/// another (`~` is never part of a valid hash, so no key of one namespace is another's).
+fn key(namespace: Option<&str>, hash: &str) -> String {
+    match namespace {
+        None => hash.to_string(),
+        Some(ns) => format!("{ns}~{hash}"),
     }
 }
 
 async fn put_entry(
-    State(cache): State<Option<Cache>>,
+    State(routes): State<Routes>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(hash): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut stream = body.into_data_stream();
-    let (cache, access) = match authorize(&cache, &headers) {
-        Ok(ok) => ok,
-        Err(refused) => {
+    let principal = match routes.allow(&headers, peer, Scope::Write, "PUT /v1/cache") {
+        Ok(p) => p,
+        Err(response) => {
             drain(&mut stream).await;
-            return refused.into_response();
+            return *response;
         }
     };
-    if access != Access::ReadWrite {
-        drain(&mut stream).await;
-        return text(
-            StatusCode::FORBIDDEN,
-            "Forbidden: this token may only read the cache",
-        );
-    }
+    let cache = &routes.cache;
     if !valid_hash(&hash) {
         drain(&mut stream).await;
         return text(
             StatusCode::BAD_REQUEST,
-            format!("`{hash}` is not a valid hash"),
+            "not a valid hash: letters, digits, `-`, `_` and `.`, at most 128",
         );
     }
+    let stored_as = key(principal.cache_namespace.as_deref(), &hash);
     let limit = cache.max_entry_bytes();
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -115,7 +92,7 @@ async fn put_entry(
         drain(&mut stream).await;
         return too_large(limit);
     }
-    let outcome = cache.backend().put(&hash, &mut stream, limit).await;
+    let outcome = cache.backend().put(&stored_as, &mut stream, limit).await;
     if matches!(outcome, Ok(PutOutcome::Exists | PutOutcome::TooLarge)) {
         drain(&mut stream).await;
     }
@@ -176,21 +153,32 @@ fn too_large(limit: u64) -> Response {
 }
 
 async fn get_entry(
-    State(cache): State<Option<Cache>>,
+    State(routes): State<Routes>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(hash): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (cache, _) = match authorize(&cache, &headers) {
-        Ok(ok) => ok,
-        Err(refused) => return refused.into_response(),
+    let principal = match routes.allow(&headers, peer, Scope::Read, "GET /v1/cache") {
+        Ok(p) => p,
+        Err(response) => return *response,
     };
+    let cache = &routes.cache;
     if !valid_hash(&hash) {
         return text(
             StatusCode::BAD_REQUEST,
-            format!("`{hash}` is not a valid hash"),
+            "not a valid hash: letters, digits, `-`, `_` and `.`, at most 128",
         );
     }
-    match cache.backend().get(&hash).await {
+    // A run of another namespace reads its own entries, then the trusted default ones; a
+    // default-namespace run reads only default entries.
+    let found = match principal.cache_namespace.as_deref() {
+        Some(ns) => match cache.backend().get(&key(Some(ns), &hash)).await {
+            Ok(None) => cache.backend().get(&hash).await,
+            other => other,
+        },
+        None => cache.backend().get(&hash).await,
+    };
+    match found {
         Ok(Some(download)) => {
             cache.counters().hits.inc();
             let counted = cache.clone();
@@ -223,12 +211,15 @@ async fn get_entry(
     }
 }
 
-async fn stats(State(cache): State<Option<Cache>>, headers: HeaderMap) -> Response {
-    let (cache, _) = match authorize(&cache, &headers) {
-        Ok(ok) => ok,
-        Err(refused) => return refused.into_response(),
-    };
-    match cache.stats().await {
+async fn stats(
+    State(routes): State<Routes>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = routes.allow(&headers, peer, Scope::Read, "GET /drover/cache/stats") {
+        return *response;
+    }
+    match routes.cache.stats().await {
         Ok(s) => json(&s),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -244,21 +235,23 @@ struct PruneQuery {
 }
 
 async fn prune(
-    State(cache): State<Option<Cache>>,
+    State(routes): State<Routes>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<PruneQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (cache, access) = match authorize(&cache, &headers) {
-        Ok(ok) => ok,
-        Err(refused) => return refused.into_response(),
+    let principal = match routes.allow(&headers, peer, Scope::Write, "POST /drover/cache/prune") {
+        Ok(p) => p,
+        Err(response) => return *response,
     };
-    if access != Access::ReadWrite {
-        return text(
-            StatusCode::FORBIDDEN,
-            "Forbidden: pruning needs the read-write token",
-        );
+    if principal.lease.is_some() {
+        let denied = crate::auth::Denied::Scope {
+            name: principal.name,
+            needed: Scope::Write,
+        };
+        return refused(&denied, Some(peer), "POST /drover/cache/prune");
     }
-    match cache.prune(q.all).await {
+    match routes.cache.prune(q.all).await {
         Ok(r) => json(&r),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,

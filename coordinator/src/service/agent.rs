@@ -2,6 +2,7 @@
 //! into a scheduler event (see [`convert`](crate::convert)) and each action back into a message.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actor::{Command, Handle};
+use crate::auth::{Auth, Denied, Scope, audit_refusal};
 use crate::convert;
 
 /// How long a new stream may take to say Hello.
@@ -23,13 +25,15 @@ const OUTBOUND_QUEUE: usize = 1024;
 
 pub struct AgentSvc {
     actor: Handle,
+    auth: Arc<Auth>,
     next_conn: AtomicU64,
 }
 
 impl AgentSvc {
-    pub fn new(actor: Handle) -> Self {
+    pub fn new(actor: Handle, auth: Arc<Auth>) -> Self {
         AgentSvc {
             actor,
+            auth,
             next_conn: AtomicU64::new(1),
         }
     }
@@ -43,6 +47,10 @@ impl AgentService for AgentSvc {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let principal = self
+            .auth
+            .grpc(&request, Scope::Agent, "AgentService/Connect")?;
+        let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -57,6 +65,14 @@ impl AgentService for AgentSvc {
                 ));
             }
         };
+        if !principal.may_be(&hello.launch_template) {
+            let denied = Denied::Template {
+                name: principal.name,
+                template: hello.launch_template,
+            };
+            audit_refusal(&denied, peer, "AgentService/Connect");
+            return Err(denied.status());
+        }
         let name = hello.name.clone();
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);

@@ -1,6 +1,7 @@
 //! `RunService`: the CI main job starts a run, submits graphs, follows them, completes the run.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use drover_proto::v1 as pb;
 use drover_scheduler::state::{Reply, RunRef, RunSpec};
@@ -10,17 +11,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::actor::{Command, Handle};
+use crate::auth::{Auth, Scope};
 use crate::convert;
 use crate::error::CoordError;
 use crate::runlog::Filter;
 
 pub struct RunSvc {
     actor: Handle,
+    auth: Arc<Auth>,
 }
 
 impl RunSvc {
-    pub fn new(actor: Handle) -> Self {
-        RunSvc { actor }
+    pub fn new(actor: Handle, auth: Arc<Auth>) -> Self {
+        RunSvc { actor, auth }
     }
 }
 
@@ -38,13 +41,19 @@ impl RunService for RunSvc {
         &self,
         request: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
-        let request = convert::run_request(request.into_inner());
+        let who = self
+            .auth
+            .grpc(&request, Scope::Write, "RunService/StartRun")?;
+        let mut request = convert::run_request(request.into_inner());
+        // The token decides these, never the caller.
+        request.cache_namespace = who.cache_namespace;
+        request.started_by = who.name;
         let spec = RunSpec::from_request(&request).map_err(CoordError::from)?;
         let reply = self
             .actor
             .ask(|reply| Command::StartRun {
-                request,
-                spec,
+                request: Box::new(request),
+                spec: Box::new(spec),
                 reply,
             })
             .await?;
@@ -60,6 +69,8 @@ impl RunService for RunSvc {
         &self,
         request: Request<pb::SubmitGraphRequest>,
     ) -> Result<Response<pb::SubmitGraphResponse>, Status> {
+        self.auth
+            .grpc(&request, Scope::Write, "RunService/SubmitGraph")?;
         let req = request.into_inner();
         let run = run_ref(req.run_id, req.ci_execution_id)?;
         let tasks = req
@@ -91,6 +102,8 @@ impl RunService for RunSvc {
         &self,
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        self.auth
+            .grpc(&request, Scope::Read, "RunService/WatchRun")?;
         let req = request.into_inner();
         let run = run_ref(req.run_id, req.ci_execution_id)?;
         let filter = Filter {
@@ -114,6 +127,8 @@ impl RunService for RunSvc {
         &self,
         request: Request<pb::CompleteRunRequest>,
     ) -> Result<Response<pb::CompleteRunResponse>, Status> {
+        self.auth
+            .grpc(&request, Scope::Write, "RunService/CompleteRun")?;
         let req = request.into_inner();
         let run = run_ref(req.run_id, req.ci_execution_id)?;
         self.actor

@@ -69,6 +69,7 @@ impl DecisionBench {
                 slots: 2,
                 ci_execution_id: None,
                 held: Vec::new(),
+                version: String::new(),
             };
             let outcome = sched.handle(zero, Event::Hello(hello));
             outcome.reply.expect("a valid agent");

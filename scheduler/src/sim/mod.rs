@@ -214,6 +214,7 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
             slots: a.slots,
             ci_execution_id: None,
             held: Vec::new(),
+            version: String::new(),
         };
         if let Reply::Agent(id) = send(&mut sched, &mut actions, Event::Hello(hello))? {
             by_id.insert(id, k);

@@ -31,6 +31,7 @@ pub(crate) struct Agent {
     pub template: String,
     pub slots: u32,
     pub ci_execution_id: Option<String>,
+    pub version: String,
     pub presence: Presence,
     pub draining: bool,
     /// Told to stop: its run is over.
@@ -54,6 +55,7 @@ impl Agent {
             template: who.template,
             slots: who.slots,
             ci_execution_id: who.ci_execution_id,
+            version: String::new(),
             presence,
             draining: false,
             stopped: false,

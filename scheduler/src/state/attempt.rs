@@ -145,6 +145,10 @@ impl Scheduler {
             .expect("a lease's agent is known");
         agent.release_slot(lease_id, lease.group, lease.cache);
         self.agents.may_take(lease.agent);
+        self.actions.push(Action::Released {
+            agent: lease.agent,
+            lease: lease_id,
+        });
         lease
     }
 

@@ -75,7 +75,10 @@ impl Scheduler {
             slots: hello.slots,
             ci_execution_id: hello.ci_execution_id.clone().filter(|e| !e.is_empty()),
         };
-        self.agents.insert(Agent::new(who, Presence::Live, now));
+        let version = hello.version.clone();
+        let mut agent = Agent::new(who, Presence::Live, now);
+        agent.version = version;
+        self.agents.insert(agent);
         for held in &hello.held {
             self.actions.push(Action::Cancel {
                 agent: id,
@@ -95,6 +98,7 @@ impl Scheduler {
         agent.last_seen = now;
         agent.draining = false;
         agent.slots = hello.slots;
+        agent.version = hello.version.clone();
         let ours = agent.leases().to_vec();
         let name = agent.name.clone();
         for held in &hello.held {
@@ -135,6 +139,13 @@ impl Scheduler {
         if let Some(a) = self.agents.get_mut(agent) {
             a.draining = true;
             a.last_seen = now;
+        }
+    }
+
+    /// An operator drains the agent: like its own drain, but says nothing of its liveness.
+    pub(super) fn on_drain(&mut self, agent: AgentId) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.draining = true;
         }
     }
 

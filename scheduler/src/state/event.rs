@@ -51,6 +51,12 @@ pub enum Event {
     Submit { run: RunRef, tasks: Vec<TaskSpec> },
     /// No more submissions: the run ends when its last task does.
     Complete { run: RunRef },
+    /// An operator drains an agent: it takes no new leases, running tasks finish, nothing
+    /// is charged.
+    Drain { agent: AgentId },
+    /// An operator cancels a run: running tasks are cancelled, queued ones skipped, and the
+    /// run ends failed, "cancelled by BY".
+    Cancel { run: RunRef, by: String },
     /// Forget a run that ended (run retention).
     Forget { run_id: String },
     /// Time passed: deadlines that are due fire (see
@@ -124,6 +130,9 @@ pub struct RunRequest {
     pub retries: u32,
     pub stop_on_failure: bool,
     pub default_timeout: Option<Duration>,
+    /// Set by the coordinator from the caller's token, never by the caller.
+    pub cache_namespace: Option<String>,
+    pub started_by: String,
 }
 
 impl RunSpec {
@@ -159,6 +168,8 @@ impl RunSpec {
             retries: req.retries,
             stop_on_failure: req.stop_on_failure,
             default_timeout: req.default_timeout,
+            cache_namespace: req.cache_namespace.clone(),
+            started_by: req.started_by.clone(),
         })
     }
 }

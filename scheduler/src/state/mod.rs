@@ -234,6 +234,11 @@ impl Scheduler {
             Event::StartRun { spec, unix_ms } => self.on_start_run(spec, unix_ms),
             Event::Submit { run, tasks } => self.on_submit(run, tasks),
             Event::Complete { run } => self.on_complete(run),
+            Event::Drain { agent } => {
+                self.on_drain(agent);
+                return Ok(Reply::Done);
+            }
+            Event::Cancel { run, by } => self.on_cancel(run, by),
             Event::Forget { run_id } => self.on_forget(&run_id).map(|()| Reply::Done),
             Event::Tick => {
                 self.on_tick(now);

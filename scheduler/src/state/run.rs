@@ -118,6 +118,8 @@ pub(crate) struct Run {
     pub stopping_after: Option<String>,
     /// `Some(success)` once the run has ended.
     pub ended: Option<bool>,
+    /// Who cancelled it, if someone did.
+    pub cancelled_by: Option<String>,
     /// Classes already reported as waiting for an agent.
     pub waiting_reported: HashSet<Class>,
 }
@@ -138,6 +140,7 @@ impl Run {
             complete_requested: false,
             stopping_after: None,
             ended: None,
+            cancelled_by: None,
             waiting_reported: HashSet::new(),
         }
     }

@@ -61,6 +61,7 @@ impl Scheduler {
                 if status == TaskStatus::Failed
                     && self.runs[r].spec.stop_on_failure
                     && self.runs[r].stopping_after.is_none()
+                    && self.runs[r].cancelled_by.is_none()
                 {
                     self.stop_run_after_failure(r, &id);
                 }
@@ -123,12 +124,14 @@ impl Scheduler {
                 .stop_agents_after
                 .iter()
                 .all(|target| run.tasks.iter().any(|t| &t.spec.target == target));
-        let stopping = run.stopping_after.is_some();
+        let stopping = run.stopping_after.is_some() || run.cancelled_by.is_some();
         if !(run.complete_requested || stop_targets_done || stopping) {
             return;
         }
         let success = run.failed() == 0 && !stopping;
-        let reason = if let Some(stop) = run.stopping() {
+        let reason = if let Some(by) = &run.cancelled_by {
+            format!("cancelled by {by}")
+        } else if let Some(stop) = run.stopping() {
             stop.to_string()
         } else if run.failed() > 0 {
             format!("{} task(s) failed", run.failed())

@@ -217,3 +217,45 @@ pub(super) fn splitmix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)
 }
+
+impl Scheduler {
+    /// An operator cancels a run: queued tasks are skipped, running ones cancelled on their
+    /// agents and failed, and the run ends failed with "cancelled by BY".
+    pub(super) fn on_cancel(&mut self, run: RunRef, by: String) -> Result<Reply, SchedError> {
+        let r = self.runs.resolve(&run)?;
+        let run_id = self.runs[r].id.clone();
+        if !self.runs[r].is_active() {
+            return Err(SchedError::RunEnded(run_id));
+        }
+        self.runs[r].cancelled_by = Some(by.clone());
+        let why = SkipReason::Cancelled { by: by.clone() };
+        for i in 0..self.runs[r].tasks.len() {
+            if matches!(self.runs[r].tasks[i].phase(), Phase::Blocked | Phase::Ready) {
+                self.skip(r, i, why.clone());
+            }
+        }
+        let leased: Vec<LeaseId> = (0..self.runs[r].tasks.len())
+            .filter_map(|i| match self.runs[r].tasks[i].phase() {
+                Phase::Leased(lease) => Some(lease),
+                _ => None,
+            })
+            .collect();
+        for lease_id in leased {
+            let lease = self.release(lease_id);
+            let reason = why.to_string();
+            if self.agents.get(lease.agent).is_some_and(Agent::is_live) {
+                self.actions.push(Action::Cancel {
+                    agent: lease.agent,
+                    lease: lease_id,
+                    reason: reason.clone(),
+                });
+            }
+            self.finish(r, lease.task, TaskStatus::Failed, reason);
+        }
+        // Complete as well: nothing more may be submitted, and CI agents stop.
+        self.runs[r].complete_requested = true;
+        self.check_submissions(r);
+        self.maybe_finish_run(r);
+        Ok(Reply::Completed { run_id })
+    }
+}

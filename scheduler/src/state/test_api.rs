@@ -30,7 +30,12 @@ impl Scheduler {
     pub(crate) fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
             .into_iter()
-            .filter(|a| !matches!(a, Action::Refused { .. } | Action::Welcome { .. }))
+            .filter(|a| {
+                !matches!(
+                    a,
+                    Action::Refused { .. } | Action::Welcome { .. } | Action::Released { .. }
+                )
+            })
             .collect()
     }
 

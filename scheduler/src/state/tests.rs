@@ -137,6 +137,7 @@ fn hello(name: &str, template: &str, slots: u32, exec: Option<&str>, held: Vec<H
         slots,
         ci_execution_id: exec.map(str::to_string),
         held,
+        version: String::new(),
     }
 }
 
@@ -1056,4 +1057,69 @@ fn a_stalled_agent_loses_its_lease_and_takes_work_again_when_its_heartbeats_come
     h.finish(&third[0], 0).unwrap();
     h.finish(&second[0], 0).unwrap();
     assert_eq!(h.finished("x:build").len(), 1, "finished exactly once");
+}
+
+#[test]
+fn cancelling_a_run_cancels_running_tasks_skips_queued_ones_and_ends_it_failed() {
+    let mut h = Harness::new();
+    let run = h.simple_run("ci-1");
+    let ci = h.agent("a1", "linux", 1, Some("ci-1"));
+    h.submit(
+        &run,
+        vec![
+            t("a:build", &[]),
+            t("b:build", &[]),
+            t("c:test", &["a:build"]),
+        ],
+    );
+    let running = h.take_leases().remove(0);
+    let out = h.s.handle(
+        h.now,
+        Event::Cancel {
+            run: RunRef::Id(run.clone()),
+            by: "ops".into(),
+        },
+    );
+    assert!(out.reply.is_ok());
+    h.s.actions.extend(out.actions);
+    h.drain();
+    assert_eq!(
+        h.cancels,
+        vec![(ci, running.1.lease)],
+        "the running task is cancelled"
+    );
+    for task in ["a:build", "b:build", "c:test"] {
+        let f = h.finished(task);
+        assert_eq!(f.len(), 1, "{task} ends once");
+        assert!(
+            f[0].reason.contains("cancelled by ops"),
+            "{task}: {}",
+            f[0].reason
+        );
+    }
+    assert!(h.events.iter().any(|e| matches!(e, RunEvent::RunDone { success: false, reason } if reason == "cancelled by ops")));
+    assert_eq!(h.stops, vec![ci]);
+    // The cancelled task's late result is refused, not counted.
+    assert!(h.finish(&running, 0).is_err());
+    assert!(h.take_leases().is_empty());
+}
+
+#[test]
+fn an_agent_drained_by_an_operator_finishes_its_task_and_takes_no_more() {
+    let mut h = Harness::new();
+    let run = h.simple_run("ci-1");
+    let a1 = h.agent("a1", "linux", 1, None);
+    h.submit(&run, vec![t("a:build", &[]), t("b:build", &[])]);
+    let first = h.take_leases().remove(0);
+    let out = h.s.handle(h.now, Event::Drain { agent: a1 });
+    h.s.actions.extend(out.actions);
+    h.drain();
+    assert!(h.cancels.is_empty(), "the running task goes on");
+    h.finish(&first, 0).unwrap();
+    assert!(
+        h.take_leases().is_empty(),
+        "no new lease for a drained agent"
+    );
+    assert_eq!(h.finished("a:build")[0].attempt, 1);
+    assert!(h.s.agent_views()[0].draining);
 }

@@ -48,6 +48,8 @@ pub struct Hello {
     pub ci_execution_id: Option<String>,
     /// Leases the agent still holds (after a reconnect).
     pub held: Vec<Held>,
+    /// The agent's version, for operators.
+    pub version: String,
 }
 
 /// A lease an agent reports holding.
@@ -74,6 +76,10 @@ pub struct RunSpec {
     pub stop_on_failure: bool,
     /// Timeout for tasks that give none.
     pub default_timeout: Option<Duration>,
+    /// The cache namespace the run's tasks write to (`None`: the trusted default one).
+    pub cache_namespace: Option<String>,
+    /// Who started the run (the token's name), for operators and audit.
+    pub started_by: String,
 }
 
 /// A lease as sent to an agent.
@@ -238,6 +244,9 @@ pub enum Action {
     },
     /// Tell the agent to exit: its run is over.
     Stop { agent: AgentId, reason: String },
+    /// A lease ended (finished, revoked, handed back): whatever was issued for it (a task's
+    /// credential) is void from now on.
+    Released { agent: AgentId, lease: LeaseId },
     /// Close the agent's stream: the scheduler gave up on it (or never knew it), so it must
     /// connect again and say who it is.
     Close { agent: AgentId, reason: String },
@@ -334,6 +343,8 @@ pub enum SkipReason {
     DependencySkipped { dependency: String },
     /// `--stop-agents-on-failure`: the run stops after this task failed.
     RunStopping { failed: String },
+    /// An operator cancelled the run.
+    Cancelled { by: String },
     /// Said before a coordinator restart.
     Recorded(String),
 }
@@ -346,11 +357,11 @@ impl SkipReason {
             SkipReason::DependencyFailed { .. }
             | SkipReason::DependencyNotSucceeded { .. }
             | SkipReason::DependencySkipped { .. } => self.clone(),
-            SkipReason::RunStopping { .. } | SkipReason::Recorded(_) => {
-                SkipReason::DependencySkipped {
-                    dependency: id.to_string(),
-                }
-            }
+            SkipReason::RunStopping { .. }
+            | SkipReason::Cancelled { .. }
+            | SkipReason::Recorded(_) => SkipReason::DependencySkipped {
+                dependency: id.to_string(),
+            },
         }
     }
 }
@@ -373,6 +384,7 @@ impl fmt::Display for SkipReason {
                     "not started: the run stops after the failure of `{failed}`"
                 )
             }
+            SkipReason::Cancelled { by } => write!(f, "cancelled by {by}"),
             SkipReason::Recorded(text) => f.write_str(text),
         }
     }

@@ -28,6 +28,7 @@ pub struct AgentView {
     pub draining: bool,
     /// When it was last heard from, on the scheduler's clock.
     pub last_seen: Duration,
+    pub version: String,
     pub running: Vec<String>,
 }
 
@@ -39,6 +40,8 @@ pub struct RunSummary {
     pub state: RunState,
     /// When it was opened, by the wall clock (milliseconds since the Unix epoch).
     pub opened_unix_ms: u64,
+    pub started_by: String,
+    pub cache_namespace: Option<String>,
     pub progress: Progress,
 }
 
@@ -49,6 +52,8 @@ pub struct RunView {
     pub ci_execution_id: String,
     pub state: RunState,
     pub opened_unix_ms: u64,
+    pub started_by: String,
+    pub cache_namespace: Option<String>,
     pub progress: Progress,
     pub tasks: Vec<TaskSummary>,
 }
@@ -60,6 +65,8 @@ impl RunView {
             ci_execution_id: self.ci_execution_id.clone(),
             state: self.state,
             opened_unix_ms: self.opened_unix_ms,
+            started_by: self.started_by.clone(),
+            cache_namespace: self.cache_namespace.clone(),
             progress: self.progress,
         }
     }
@@ -92,6 +99,21 @@ impl Scheduler {
     /// Whether the scheduler knows this run (it was opened and not forgotten).
     pub fn has_run(&self, run_id: &str) -> bool {
         self.runs.contains(run_id)
+    }
+
+    /// The cache namespace of a run's tasks (`None`: the default one, or no such run).
+    pub fn cache_namespace(&self, run_id: &str) -> Option<&str> {
+        let r = self.runs.find(run_id).ok()?;
+        self.runs[r].spec.cache_namespace.as_deref()
+    }
+
+    /// Every active lease: its id, fencing token and run (to honour the credentials of
+    /// leases restored after a restart).
+    pub fn active_leases(&self) -> Vec<(LeaseId, u64, String)> {
+        self.leases
+            .iter()
+            .map(|(id, l)| (*id, l.token, self.runs[l.run].id.clone()))
+            .collect()
     }
 
     /// The id of the run a request names.
@@ -148,6 +170,8 @@ impl Scheduler {
             ci_execution_id: run.spec.ci_execution_id.clone(),
             state: run.state(),
             opened_unix_ms: run.opened_unix_ms,
+            started_by: run.spec.started_by.clone(),
+            cache_namespace: run.spec.cache_namespace.clone(),
             progress: self.progress(run_id, None)?,
         })
     }
@@ -168,6 +192,8 @@ impl Scheduler {
             ci_execution_id: summary.ci_execution_id,
             state: summary.state,
             opened_unix_ms: summary.opened_unix_ms,
+            started_by: summary.started_by,
+            cache_namespace: summary.cache_namespace,
             progress: summary.progress,
             tasks: run.tasks.iter().map(TaskState::summary).collect(),
         })
@@ -185,6 +211,7 @@ impl Scheduler {
                 connected: a.is_live(),
                 draining: a.draining,
                 last_seen: a.last_seen,
+                version: a.version.clone(),
                 running: a
                     .leases()
                     .iter()

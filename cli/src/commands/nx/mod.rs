@@ -16,7 +16,7 @@ use drover_proto::v1 as pb;
 use drover_scheduler::TaskSpec;
 
 use super::run::RunRefArgs;
-use crate::client::channel;
+use crate::client::connect;
 use crate::error::CliError;
 use crate::follow::{Submit, submit_and_follow};
 
@@ -90,7 +90,7 @@ pub async fn run(args: NxArgs) -> Result<u8, CliError> {
 
     // 2. Submit and follow.
     let total = prepared.tasks.len();
-    let channel = channel(&args.run.coordinator.url)?;
+    let channel = connect(&args.run.coordinator)?;
     let submit = Submit {
         run_id,
         ci_execution_id,

@@ -107,7 +107,7 @@ pub(super) fn replay_invocations<'a>(
 
 /// Prints the agents' output of tasks no cache can replay, under a header per task.
 pub(super) async fn print_outputs(
-    channel: tonic::transport::Channel,
+    channel: crate::client::Conn,
     run_id: &str,
     submission: u64,
     tasks: &[&TaskSpec],
