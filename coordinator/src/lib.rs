@@ -164,9 +164,9 @@ impl Coordinator {
             .build_v1alpha()
             .map_err(|e| CoordError::Reflection(e.to_string()))?;
 
-        let (grpc_tls, http_tls) = match self.tls {
-            Some(t) => (Some(t.grpc), Some(t.http)),
-            None => (None, None),
+        let (grpc_tls, http_tls, agent_certs) = match self.tls {
+            Some(t) => (Some(t.grpc), Some(t.http), t.agents_need_certificates),
+            None => (None, None, false),
         };
         let mut server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
@@ -188,6 +188,7 @@ impl Coordinator {
             .add_service(AgentServiceServer::new(AgentSvc::new(
                 self.handle.clone(),
                 auth.clone(),
+                agent_certs,
             )))
             .add_service(RunServiceServer::new(RunSvc::new(
                 self.handle.clone(),

@@ -15,8 +15,10 @@ use crate::error::CoordError;
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Mutual TLS: gRPC clients must present a certificate this CA signed. (The HTTP port
-    /// asks for one but does not insist: probes and the cache authenticate by token.)
+    /// Mutual TLS: agents must present a certificate this CA signed to connect. Other clients
+    /// (the main job, operators, the HTTP port's probes and cache) may, and authenticate by
+    /// token either way; a certificate that does not chain to this CA is refused at the
+    /// handshake.
     pub client_ca: Option<PathBuf>,
 }
 
@@ -24,6 +26,8 @@ pub struct TlsConfig {
 pub struct ServerTls {
     pub grpc: ServerTlsConfig,
     pub http: Arc<rustls::ServerConfig>,
+    /// Agents must present a client certificate (mutual TLS).
+    pub agents_need_certificates: bool,
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, CoordError> {
@@ -53,7 +57,9 @@ impl TlsConfig {
         let builder = match &self.client_ca {
             Some(ca_path) => {
                 let ca = read(ca_path, "--tls-client-ca")?;
-                grpc = grpc.client_ca_root(Certificate::from_pem(&ca));
+                grpc = grpc
+                    .client_ca_root(Certificate::from_pem(&ca))
+                    .client_auth_optional(true);
                 let mut roots = rustls::RootCertStore::empty();
                 for c in CertificateDer::pem_slice_iter(&ca) {
                     let c = c.map_err(|e| bad("--tls-client-ca", ca_path, &e))?;
@@ -79,6 +85,7 @@ impl TlsConfig {
         Ok(ServerTls {
             grpc,
             http: Arc::new(http),
+            agents_need_certificates: self.client_ca.is_some(),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! cleans everything up (killing every child) when dropped.
 #![forbid(unsafe_code)]
 
+pub mod pki;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -138,6 +139,28 @@ pub struct FleetConfig {
     pub coordinator_env: Vec<(String, String)>,
     /// `None`: the coordinator's default (the lease timeout).
     pub reconnect_grace: Option<&'static str>,
+    /// Tokens: an auth file with the tokens of [`Tokens`]; commands send the main job's,
+    /// agents the agent token.
+    pub auth: bool,
+    /// TLS on both ports (certificates of a [`pki::Pki`]); with `mtls`, agents present a
+    /// client certificate.
+    pub tls: bool,
+    pub mtls: bool,
+}
+
+/// The tokens of a fleet with `auth`, by role.
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    /// read, write: the main job.
+    pub main: String,
+    /// read only.
+    pub reader: String,
+    /// agent, limited to the launch templates `linux` and `linux-medium`.
+    pub agent: String,
+    /// admin.
+    pub admin: String,
+    /// read, write, with the cache namespace `pr`.
+    pub pr: String,
 }
 
 impl Default for FleetConfig {
@@ -148,6 +171,9 @@ impl Default for FleetConfig {
             coordinator_args: Vec::new(),
             coordinator_env: Vec::new(),
             reconnect_grace: None,
+            auth: false,
+            tls: false,
+            mtls: false,
         }
     }
 }
@@ -160,6 +186,12 @@ pub struct Fleet {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub agents: Vec<Proc>,
+    /// Set when the config asks for `auth`.
+    pub tokens: Option<Tokens>,
+    /// Set when the config asks for `tls`.
+    pub pki: Option<pki::Pki>,
+    /// The auth file, when there is one.
+    pub auth_file: Option<PathBuf>,
 }
 
 impl Fleet {
@@ -167,8 +199,32 @@ impl Fleet {
         Self::with_config(label, FleetConfig::default())
     }
 
-    pub fn with_config(label: &str, config: FleetConfig) -> Fleet {
+    pub fn with_config(label: &str, mut config: FleetConfig) -> Fleet {
         let dir = Scratch::new(label);
+        let pki = config.tls.then(|| pki::Pki::new(&dir.join("pki")));
+        let (tokens, auth_file) = if config.auth {
+            let (tokens, file) = make_tokens(&dir);
+            (Some(tokens), Some(file))
+        } else {
+            (None, None)
+        };
+        if let Some(file) = &auth_file {
+            config.coordinator_args.push("--auth-file".into());
+            config.coordinator_args.push(file.display().to_string());
+        }
+        if let Some(pki) = &pki {
+            for (flag, path) in [
+                ("--tls-cert", &pki.server_cert),
+                ("--tls-key", &pki.server_key),
+            ] {
+                config.coordinator_args.push(flag.into());
+                config.coordinator_args.push(path.display().to_string());
+            }
+            if config.mtls {
+                config.coordinator_args.push("--tls-client-ca".into());
+                config.coordinator_args.push(pki.ca.display().to_string());
+            }
+        }
         let (coordinator, grpc, http) =
             start_coordinator(&dir, &config, "127.0.0.1:0", "127.0.0.1:0");
         Fleet {
@@ -178,6 +234,9 @@ impl Fleet {
             grpc,
             http,
             agents: Vec::new(),
+            tokens,
+            pki,
+            auth_file,
         }
     }
 
@@ -200,8 +259,17 @@ impl Fleet {
         self.http = http;
     }
 
+    /// The coordinator's gRPC address as clients use it (`https://localhost:PORT` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        match &self.pki {
+            Some(_) => format!("https://localhost:{}", self.grpc.port()),
+            None => format!("http://{}", self.grpc),
+        }
+    }
+
+    /// The main job's token, when the fleet has tokens.
+    pub fn main_token(&self) -> Option<&str> {
+        self.tokens.as_ref().map(|t| t.main.as_str())
     }
 
     /// A `drover` command pointed at this fleet's coordinator, run in the fleet's directory.
@@ -217,7 +285,15 @@ impl Fleet {
             .env_remove("CI_PIPELINE_ID")
             .env_remove("BUILD_BUILDID")
             .env_remove("CIRCLE_WORKFLOW_ID")
+            .env_remove("DROVER_TOKEN")
+            .env_remove("DROVER_CA_CERT")
             .stdin(Stdio::null());
+        if let Some(t) = self.main_token() {
+            cmd.env("DROVER_TOKEN", t);
+        }
+        if let Some(pki) = &self.pki {
+            cmd.env("DROVER_CA_CERT", &pki.ca);
+        }
         cmd
     }
 
@@ -272,6 +348,13 @@ impl Fleet {
             }
         }
         cmd.env("DROVER_COORDINATOR", url);
+        if let Some(t) = &self.tokens {
+            cmd.env("DROVER_TOKEN", &t.agent);
+        }
+        if let (Some(pki), true) = (&self.pki, self.config.mtls) {
+            cmd.env("DROVER_TLS_CERT", &pki.client_cert)
+                .env("DROVER_TLS_KEY", &pki.client_key);
+        }
         let log = self.dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("agent log");
         cmd.stdout(file.try_clone().expect("dup log")).stderr(file);
@@ -304,19 +387,14 @@ impl Fleet {
         use drover_proto::v1::{
             WatchRunRequest, run_event::Event, run_service_client::RunServiceClient,
         };
-        let url = self.url();
         let run_id = run_id.to_string();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
+        let conn = self.connect(self.main_token());
         rt.block_on(async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .expect("a valid URL")
-                .connect()
-                .await
-                .expect("connect to the coordinator");
-            let mut client = RunServiceClient::new(channel);
+            let mut client = RunServiceClient::new(conn.await);
             let mut stream = client
                 .watch_run(WatchRunRequest {
                     run_id,
@@ -339,14 +417,49 @@ impl Fleet {
         })
     }
 
-    /// `GET path` on the coordinator's HTTP port; the body of the answer.
+    /// A gRPC connection to the coordinator that sends `token` (TLS as the fleet's).
+    pub fn connect(
+        &self,
+        token: Option<&str>,
+    ) -> impl std::future::Future<
+        Output = tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            drover_proto::Bearer,
+        >,
+    > + use<> {
+        let tls = drover_proto::ClientTls {
+            ca_cert: self.pki.as_ref().map(|p| p.ca.clone()),
+            identity: self
+                .pki
+                .as_ref()
+                .filter(|_| self.config.mtls)
+                .map(|p| (p.client_cert.clone(), p.client_key.clone())),
+        };
+        let (_, endpoint) =
+            drover_proto::coordinator_endpoint(&self.url(), &tls).expect("a valid URL");
+        let bearer = drover_proto::Bearer::new(token).expect("a header-safe token");
+        async move {
+            let channel = endpoint
+                .connect()
+                .await
+                .expect("connect to the coordinator");
+            tonic::service::interceptor::InterceptedService::new(channel, bearer)
+        }
+    }
+
+    /// `GET path` on the coordinator's HTTP port; the body of the answer. (Plain HTTP with the
+    /// main job's token.)
     pub fn http_get(&self, path: &str) -> String {
         let mut s = std::net::TcpStream::connect(self.http).expect("connect to the HTTP port");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("read timeout");
+        let auth = self
+            .main_token()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\n\r\n",
             self.http
         )
         .expect("send the request");
@@ -366,6 +479,52 @@ impl Fleet {
         }
         s
     }
+}
+
+/// Makes the tokens of [`Tokens`] with `drover token new` and writes the auth file.
+fn make_tokens(dir: &Scratch) -> (Tokens, PathBuf) {
+    let mut file = String::from("tokens:\n");
+    let mut new = |name: &str, extra: &[&str]| -> String {
+        let out = Command::new(drover_bin())
+            .args(["token", "new", "--name", name])
+            .args(extra)
+            .output()
+            .expect("run drover token new");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let token = stdout
+            .lines()
+            .find(|l| l.starts_with("drover_"))
+            .expect("a token line")
+            .to_string();
+        let entry: String = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("  - "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        file.push_str(&entry);
+        token
+    };
+    let tokens = Tokens {
+        main: new("main-job", &["--scopes", "read,write"]),
+        reader: new("reader", &["--scopes", "read"]),
+        agent: new(
+            "agents",
+            &[
+                "--scopes",
+                "agent",
+                "--launch-templates",
+                "linux,linux-medium",
+            ],
+        ),
+        admin: new("ops", &["--scopes", "admin"]),
+        pr: new(
+            "pull-requests",
+            &["--scopes", "read,write", "--cache-namespace", "pr"],
+        ),
+    };
+    let path = dir.write("auth.yaml", &file);
+    (tokens, path)
 }
 
 fn start_coordinator(
@@ -495,4 +654,13 @@ pub fn recorded(record: &Path, secs: f32, then: &str) -> String {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The path of a program on `PATH`, if it is there.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
 }

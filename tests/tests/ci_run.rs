@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use drover_tests::{Fleet, eventually, read_record, recorded, text};
+use drover_tests::{Fleet, eventually, read_record, recorded, text, which};
 
 const RULES: &str = "assignment-rules:
   - targets:
@@ -331,12 +331,4 @@ fn operators_see_the_services_through_reflection_and_health() {
         agents.contains("\"launchTemplate\": \"linux-medium\"") && agents.contains("\"slots\": 3"),
         "{agents}"
     );
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(name))
-        .find(|p| p.is_file())
 }

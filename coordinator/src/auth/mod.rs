@@ -305,7 +305,7 @@ impl Auth {
 /// Logs a refused request: who (the token's name, never the token), from where, for what.
 pub fn audit_refusal(denied: &Denied, peer: Option<SocketAddr>, what: &str) {
     let peer = peer.map_or("-".to_string(), |p| p.to_string());
-    tracing::warn!(token = denied.who(), %peer, request = what, reason = %denied.message(), "request refused");
+    tracing::warn!(token = %denied.who(), %peer, request = %what, reason = %denied.message(), "request refused");
 }
 
 /// The token of an `authorization: Bearer TOKEN` header.

@@ -26,14 +26,17 @@ const OUTBOUND_QUEUE: usize = 1024;
 pub struct AgentSvc {
     actor: Handle,
     auth: Arc<Auth>,
+    /// Mutual TLS: an agent must have presented a certificate of the client CA.
+    need_certificate: bool,
     next_conn: AtomicU64,
 }
 
 impl AgentSvc {
-    pub fn new(actor: Handle, auth: Arc<Auth>) -> Self {
+    pub fn new(actor: Handle, auth: Arc<Auth>, need_certificate: bool) -> Self {
         AgentSvc {
             actor,
             auth,
+            need_certificate,
             next_conn: AtomicU64::new(1),
         }
     }
@@ -51,6 +54,12 @@ impl AgentService for AgentSvc {
             .auth
             .grpc(&request, Scope::Agent, "AgentService/Connect")?;
         let peer = request.remote_addr();
+        if self.need_certificate && request.peer_certs().is_none_or(|c| c.is_empty()) {
+            tracing::warn!(token = %principal.name, peer = ?peer, "request refused: an agent without a client certificate (mutual TLS)");
+            return Err(Status::unauthenticated(
+                "this coordinator requires agents to present a client certificate (--tls-cert and --tls-key)",
+            ));
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
