@@ -22,7 +22,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{agent, bench, cache, coordinator, demo, exec, nx, rules, run, simulate, token};
+use commands::{
+    agent, bench, cache, coordinator, demo, exec, nx, rules, run, simulate, status, token,
+};
 use error::CliError;
 
 #[derive(Parser, Debug)]
@@ -67,6 +69,10 @@ enum Command {
     /// Benchmarks: `schedule` (policies on public DAG sets), `decision` (one scheduling decision).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// A run and its tasks: status, agent, duration, reason.
+    Status(status::StatusArgs),
+    /// A task's output; `--follow` keeps printing while it runs.
+    Logs(status::LogsArgs),
     /// Tokens for the coordinator's --auth-file: `new`.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -119,6 +125,8 @@ async fn dispatch(command: Command) -> Result<u8, CliError> {
         Command::Simulate(args) => simulate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Status(args) => status::status(args).await,
+        Command::Logs(args) => status::logs(args).await,
     }
 }
 

@@ -20,6 +20,7 @@ use crate::auth::{Auth, LeaseAccess};
 use crate::convert;
 use crate::error::CoordError;
 use crate::metrics::Metrics;
+use crate::otel::RunTracer;
 use crate::persist::Store;
 use crate::runlog::{RunLog, WATCHER_QUEUE};
 use crate::store::DurationStore;
@@ -27,9 +28,9 @@ use crate::store::DurationStore;
 pub use conns::AgentTx;
 use conns::Conns;
 use handle::ReplyTx;
-pub use handle::{Command, Handle};
+pub use handle::{Command, Handle, View};
 pub use retention::Retention;
-use retention::unix_ms;
+pub use retention::unix_ms;
 
 pub struct Actor {
     sched: Scheduler,
@@ -49,6 +50,8 @@ pub struct Actor {
     auth: Arc<Auth>,
     /// The remote cache's URL as tasks reach it.
     cache_url: String,
+    /// Traces of runs, when an OTLP endpoint is configured.
+    tracer: Option<RunTracer>,
 }
 
 /// Commands handled before one commit at most (group commit).
@@ -93,6 +96,9 @@ impl Actor {
         self.commit();
         self.carry_out();
         self.durations.save(self.sched.estimates());
+        if let Some(t) = &self.tracer {
+            t.shutdown();
+        }
     }
 
     fn on(&mut self, cmd: Command) {
@@ -111,6 +117,10 @@ impl Actor {
                 }) = &result
                 {
                     self.logs.entry(run_id.clone()).or_default();
+                    if let Some(t) = &mut self.tracer {
+                        let at = SystemTime::now();
+                        t.run_started(run_id, &request.ci_execution_id, &request.traceparent, at);
+                    }
                     let request = convert::run_request_to_proto(&request);
                     self.store.run_started(run_id, &request, unix_ms);
                 }
@@ -124,6 +134,9 @@ impl Actor {
                 }) = &result
                 {
                     self.store.submitted(run_id, *submission, &stored);
+                    if let Some(t) = &mut self.tracer {
+                        t.submitted(run_id, SystemTime::now());
+                    }
                 }
                 self.replies.push((reply, result));
             }
@@ -189,7 +202,11 @@ impl Actor {
                 });
                 let _ = reply.send(result);
             }
-            Command::Read(read) => read(&self.sched, self.now()),
+            Command::Read(read) => read(&handle::View {
+                sched: &self.sched,
+                logs: &self.logs,
+                now: self.now(),
+            }),
         }
     }
 
@@ -211,9 +228,13 @@ impl Actor {
                     if matches!(event, RunEvent::RunDone { .. }) {
                         self.store.run_ended(&run_id, unix_ms(SystemTime::now()));
                     }
+                    if let Some(t) = &mut self.tracer {
+                        t.event(&run_id, &event, SystemTime::now());
+                    }
                     let (event, submissions) = convert::event_to_proto(event);
                     let event = pb::RunEvent {
                         event: Some(event),
+                        at_ms: unix_ms(SystemTime::now()),
                         ..Default::default()
                     };
                     let log = self.logs.entry(run_id.clone()).or_default();
@@ -238,7 +259,9 @@ impl Actor {
     fn commit(&mut self) {
         if self.store.is_dirty() {
             let (store, sched) = (&mut self.store, &self.sched);
+            let started = Instant::now();
             let result = blocking(|| store.commit(sched));
+            self.metrics.store_commit(started.elapsed());
             self.metrics.set_store_writable(result.is_ok());
             if let Err(e) = result {
                 tracing::error!(error = %e, "could not store the latest changes; a restart now would lose them");

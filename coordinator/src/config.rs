@@ -33,6 +33,8 @@ pub struct CoordinatorConfig {
     pub insecure_no_auth: bool,
     /// TLS on both ports.
     pub tls: Option<TlsConfig>,
+    /// Send traces (a run a trace, a task attempt a span) to this OTLP/HTTP endpoint.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl CoordinatorConfig {
@@ -51,6 +53,7 @@ impl CoordinatorConfig {
             auth_file: None,
             insecure_no_auth: false,
             tls: None,
+            otlp_endpoint: None,
         }
     }
 }

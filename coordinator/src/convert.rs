@@ -134,6 +134,7 @@ pub fn run_request(req: pb::StartRunRequest) -> RunRequest {
             .then(|| Duration::from_millis(req.default_timeout_ms)),
         cache_namespace: (!req.cache_namespace.is_empty()).then_some(req.cache_namespace),
         started_by: req.started_by,
+        traceparent: req.traceparent,
     }
 }
 
@@ -153,6 +154,7 @@ pub fn run_request_to_proto(req: &RunRequest) -> pb::StartRunRequest {
         default_timeout_ms: req.default_timeout.map_or(0, |d| d.as_millis() as u64),
         cache_namespace: req.cache_namespace.clone().unwrap_or_default(),
         started_by: req.started_by.clone(),
+        traceparent: req.traceparent.clone(),
     }
 }
 

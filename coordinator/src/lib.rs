@@ -10,11 +10,13 @@ mod convert;
 mod error;
 mod http;
 mod metrics;
+mod otel;
 mod persist;
 mod runlog;
 mod service;
 mod store;
 mod tls;
+mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -93,6 +95,14 @@ impl Coordinator {
         };
         let metrics = Arc::new(Metrics::new(Some(cache.counters())));
         let cache_url = cache::public_url(&config.cache, http_addr, tls.is_some());
+        let tracer = match &config.otlp_endpoint {
+            Some(endpoint) => {
+                let t = otel::RunTracer::otlp(endpoint).map_err(CoordError::Auth)?;
+                tracing::info!(%endpoint, "tracing: a run is a trace, each task attempt a span");
+                Some(t)
+            }
+            None => None,
+        };
         let (actor, handle) = Actor::new(
             config.scheduling,
             config.data_dir,
@@ -100,6 +110,7 @@ impl Coordinator {
             metrics.clone(),
             auth.clone(),
             cache_url,
+            tracer,
         )?;
         Ok(Coordinator {
             grpc,
@@ -170,7 +181,10 @@ impl Coordinator {
         };
         let mut server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(metrics::GrpcMetricsLayer {
+                metrics: self.metrics.clone(),
+            });
         if let Some(tls) = grpc_tls {
             server = server.tls_config(tls)?;
         }
@@ -200,7 +214,12 @@ impl Coordinator {
             )))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         let routes = http::router(self.handle.clone(), self.metrics.clone(), auth.clone())
-            .merge(cache::router(self.cache.clone(), auth.clone()));
+            .merge(cache::router(self.cache.clone(), auth.clone()))
+            .merge(ui::router(
+                self.handle.clone(),
+                auth.clone(),
+                http_tls.is_some(),
+            ));
         let http = http::serve(self.http, routes, http_tls, stopped(stop_rx.clone()));
         let eviction = self.cache.evict_periodically(stopped(stop_rx.clone()));
         let reload = reload_on_sighup(auth, stopped(stop_rx.clone()));

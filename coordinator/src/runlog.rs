@@ -143,6 +143,96 @@ impl RunLog {
     }
 }
 
+/// One attempt of a task as the run's events tell it, for the timeline.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attempt {
+    pub task: String,
+    pub attempt: u32,
+    pub agent: String,
+    pub template: String,
+    pub start_ms: u64,
+    pub end_ms: Option<u64>,
+    /// running, succeeded, failed, requeued or cancelled.
+    pub status: &'static str,
+}
+
+impl RunLog {
+    /// Every attempt that started, in the order they started.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        let mut out: Vec<Attempt> = Vec::new();
+        for e in &self.entries {
+            let at = e.event.at_ms;
+            match &e.event.event {
+                Some(Event::TaskStarted(s)) => out.push(Attempt {
+                    task: s.task_id.clone(),
+                    attempt: s.attempt,
+                    agent: s.agent.clone(),
+                    template: s.launch_template.clone(),
+                    start_ms: at,
+                    end_ms: None,
+                    status: "running",
+                }),
+                Some(Event::TaskFinished(f)) => {
+                    if let Some(i) = out.iter().rposition(|a| {
+                        a.task == f.task_id && a.attempt == f.attempt && a.end_ms.is_none()
+                    }) {
+                        let a = &mut out[i];
+                        a.end_ms = Some(at);
+                        a.status = if f.reason.starts_with("cancelled by ") {
+                            "cancelled"
+                        } else if f.status == pb::TaskStatus::Succeeded as i32 {
+                            "succeeded"
+                        } else {
+                            "failed"
+                        };
+                    }
+                }
+                Some(Event::TaskRequeued(r)) => {
+                    if let Some(i) = out
+                        .iter()
+                        .rposition(|a| a.task == r.task_id && a.end_ms.is_none())
+                    {
+                        out[i].end_ms = Some(at);
+                        out[i].status = "requeued";
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// When the run ended, if it has.
+    pub fn ended_at(&self) -> Option<u64> {
+        self.entries.iter().rev().find_map(|e| match e.event.event {
+            Some(Event::RunDone(_)) => Some(e.event.at_ms),
+            _ => None,
+        })
+    }
+
+    /// A task's output from byte `from` on, and the log's whole length: every attempt's
+    /// output in order, a header line before each attempt after the first. Append-only, so
+    /// an offset read once stays valid.
+    pub fn task_log(&self, task: &str, from: usize) -> (Vec<u8>, usize) {
+        let mut log = Vec::new();
+        let mut attempt = 1;
+        for e in &self.entries {
+            if let Some(Event::TaskOutput(o)) = &e.event.event
+                && o.task_id == task
+            {
+                if o.attempt != attempt {
+                    attempt = o.attempt;
+                    log.extend_from_slice(format!("\n--- attempt {attempt} ---\n").as_bytes());
+                }
+                log.extend_from_slice(&o.data);
+            }
+        }
+        let size = log.len();
+        let from = from.min(size);
+        (log.split_off(from), size)
+    }
+}
+
 /// What a watcher gets for the entry at `index`: output only when it asked for all output;
 /// otherwise a failed attempt's output right before the event that says it failed.
 fn to_send(entries: &[Entry], index: usize, filter: Filter) -> Vec<pb::RunEvent> {

@@ -43,6 +43,7 @@ impl Client {
         let mut admin = AdminServiceClient::new(self.channel());
         let req = GetRunRequest {
             run_id: run_id.into(),
+            ..Default::default()
         };
         self.rt
             .block_on(admin.get_run(req))

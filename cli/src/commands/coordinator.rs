@@ -61,6 +61,10 @@ pub struct CoordinatorArgs {
     /// Mutual TLS: gRPC clients (agents) must present a certificate signed by this CA (PEM).
     #[arg(long, env = "DROVER_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Send traces to this OTLP/HTTP endpoint (e.g. http://collector:4318): a run is a
+    /// trace, each task attempt a span.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -150,6 +154,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     config.cache = args.cache.config();
     config.auth_file = args.auth_file;
     config.insecure_no_auth = args.insecure_no_auth;
+    config.otlp_endpoint = args.otlp_endpoint.filter(|e| !e.trim().is_empty());
     config.tls = args
         .tls_cert
         .zip(args.tls_key)

@@ -10,6 +10,7 @@ pub mod nx;
 pub mod rules;
 pub mod run;
 pub mod simulate;
+pub mod status;
 pub mod token;
 
 use std::path::PathBuf;

@@ -106,6 +106,8 @@ pub async fn start(args: StartArgs) -> Result<u8, CliError> {
         retries: args.retries,
         stop_agents_on_failure: args.stop_agents_on_failure,
         default_timeout_ms: args.default_timeout.map_or(0, |d| d.0.as_millis() as u64),
+        // The CI pipeline's trace, when it has one: the run's trace becomes its child.
+        traceparent: std::env::var("TRACEPARENT").unwrap_or_default(),
         ..Default::default()
     };
     let mut client = RunServiceClient::new(connect(&args.coordinator)?);

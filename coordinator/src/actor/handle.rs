@@ -1,5 +1,6 @@
 //! How services talk to the actor: [`Command`]s through a [`Handle`].
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use drover_proto::v1 as pb;
@@ -12,7 +13,7 @@ use tonic::Status;
 
 use super::AgentTx;
 use crate::error::CoordError;
-use crate::runlog::Filter;
+use crate::runlog::{Filter, RunLog};
 
 pub type WatchRx = mpsc::Receiver<Result<pb::RunEvent, Status>>;
 pub type ReplyTx = oneshot::Sender<Result<Reply, CoordError>>;
@@ -74,8 +75,15 @@ pub enum Command {
     Read(Read),
 }
 
-/// A read of the scheduler, run inside the actor with the scheduler's clock.
-pub type Read = Box<dyn FnOnce(&Scheduler, Duration) + Send>;
+/// What a read sees inside the actor: the scheduler, the run logs and the scheduler's clock.
+pub struct View<'a> {
+    pub sched: &'a Scheduler,
+    pub logs: &'a HashMap<String, RunLog>,
+    pub now: Duration,
+}
+
+/// A read of the actor's state.
+pub type Read = Box<dyn FnOnce(&View<'_>) + Send>;
 
 /// A cheap, cloneable way to talk to the actor.
 #[derive(Clone)]
@@ -104,11 +112,11 @@ impl Handle {
     /// Reads the scheduler's state inside the actor.
     pub async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Scheduler, Duration) -> T + Send + 'static,
+        f: impl FnOnce(&View<'_>) -> T + Send + 'static,
     ) -> Result<T, CoordError> {
         let (reply, rx) = oneshot::channel();
-        let read = move |s: &Scheduler, now: Duration| {
-            let _ = reply.send(f(s, now));
+        let read = move |v: &View<'_>| {
+            let _ = reply.send(f(v));
         };
         self.send(Command::Read(Box::new(read))).await?;
         rx.await.map_err(|_| CoordError::ShuttingDown)

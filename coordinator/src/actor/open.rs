@@ -14,6 +14,7 @@ use crate::auth::{Auth, LeaseAccess};
 use crate::convert;
 use crate::error::CoordError;
 use crate::metrics::Metrics;
+use crate::otel::RunTracer;
 use crate::persist::Store;
 use crate::runlog::RunLog;
 use crate::store::DurationStore;
@@ -29,6 +30,7 @@ impl Actor {
         metrics: Arc<Metrics>,
         auth: Arc<Auth>,
         cache_url: String,
+        tracer: Option<RunTracer>,
     ) -> Result<(Actor, Handle), CoordError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (store, loaded) = Store::open(
@@ -95,6 +97,7 @@ impl Actor {
             retention,
             auth,
             cache_url,
+            tracer,
         };
         actor.note_end_times();
         Ok((actor, Handle { tx }))

@@ -67,14 +67,14 @@ pub fn authorization(headers: &HeaderMap) -> Option<&str> {
 
 async fn healthz(State(http): State<Http>) -> impl IntoResponse {
     // Answering through the actor proves the scheduling loop is alive, not just the socket.
-    match http.actor.read(|_, _| ()).await {
+    match http.actor.read(|_| ()).await {
         Ok(()) => text(StatusCode::OK, "ok"),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
 }
 
 async fn readyz(State(http): State<Http>) -> impl IntoResponse {
-    if http.actor.read(|_, _| ()).await.is_err() {
+    if http.actor.read(|_| ()).await.is_err() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     if !http.metrics.store_writable() {
@@ -94,7 +94,7 @@ async fn metrics_text(
     if let Err(denied) = http.auth.require(authorization(&headers), Scope::Read) {
         return refused(&denied, Some(peer), "GET /metrics");
     }
-    match http.actor.read(|s, _| s.gauges()).await {
+    match http.actor.read(|v| v.sched.gauges()).await {
         Ok(gauges) => (
             StatusCode::OK,
             [(

@@ -35,7 +35,11 @@ impl AdminSvc {
     async fn run_info(&self, run_id: String) -> Result<pb::RunInfo, Status> {
         let summary = self
             .actor
-            .read(move |s, _| s.run_summary(&run_id).ok_or(SchedError::UnknownRun(run_id)))
+            .read(move |v| {
+                v.sched
+                    .run_summary(&run_id)
+                    .ok_or(SchedError::UnknownRun(run_id))
+            })
             .await?
             .map_err(CoordError::from)?;
         Ok(convert::run_info(&summary))
@@ -49,7 +53,7 @@ impl AdminService for AdminSvc {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.admit(&request, "AdminService/ListAgents")?;
-        let (agents, now) = self.actor.read(|s, now| (s.agent_views(), now)).await?;
+        let (agents, now) = self.actor.read(|v| (v.sched.agent_views(), v.now)).await?;
         let agents = agents
             .into_iter()
             .map(|a| convert::agent_info(a, now))
@@ -66,8 +70,9 @@ impl AdminService for AdminSvc {
         let find = wanted.clone();
         let found: Option<AgentId> = self
             .actor
-            .read(move |s, _| {
-                s.agent_views()
+            .read(move |v| {
+                v.sched
+                    .agent_views()
                     .into_iter()
                     .find(|a| a.name == find || a.id.to_string() == find)
                     .map(|a| a.id)
@@ -82,7 +87,12 @@ impl AdminService for AdminSvc {
         tracing::info!(token = %who, %peer, %agent, name = %wanted, "admin: agent drained");
         let (view, now) = self
             .actor
-            .read(move |s, now| (s.agent_views().into_iter().find(|a| a.id == agent), now))
+            .read(move |v| {
+                (
+                    v.sched.agent_views().into_iter().find(|a| a.id == agent),
+                    v.now,
+                )
+            })
             .await?;
         Ok(Response::new(pb::DrainAgentResponse {
             agent: view.map(|a| convert::agent_info(a, now)),
@@ -95,7 +105,7 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         self.admit(&request, "AdminService/ListRuns")?;
         let filter = request.into_inner();
-        let runs = self.actor.read(|s, _| s.run_summaries()).await?;
+        let runs = self.actor.read(|v| v.sched.run_summaries()).await?;
         let runs = runs
             .iter()
             .filter(|r| !filter.active || r.state.is_active())
@@ -113,12 +123,13 @@ impl AdminService for AdminSvc {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         self.admit(&request, "AdminService/GetRun")?;
-        let run = RunRef::Id(request.into_inner().run_id);
+        let req = request.into_inner();
+        let run = RunRef::from_fields(req.run_id, req.ci_execution_id).map_err(CoordError::from)?;
         let view = self
             .actor
-            .read(move |s, _| {
-                let id = s.resolve(&run)?;
-                s.run_view(&id).ok_or(SchedError::UnknownRun(id))
+            .read(move |v| {
+                let id = v.sched.resolve(&run)?;
+                v.sched.run_view(&id).ok_or(SchedError::UnknownRun(id))
             })
             .await?
             .map_err(CoordError::from)?;

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use drover_proto::v1 as pb;
-use drover_scheduler::state::{Reply, RunRef, RunSpec};
+use drover_scheduler::state::{Reply, RunRef, RunSpec, SchedError};
 use pb::run_service_server::RunService;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -94,6 +94,66 @@ impl RunService for RunSvc {
             })),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::GetRunResponse>, Status> {
+        self.auth.grpc(&request, Scope::Read, "RunService/GetRun")?;
+        let req = request.into_inner();
+        let run = run_ref(req.run_id, req.ci_execution_id)?;
+        let view = self
+            .actor
+            .read(move |v| {
+                let id = v.sched.resolve(&run)?;
+                v.sched.run_view(&id).ok_or(SchedError::UnknownRun(id))
+            })
+            .await?
+            .map_err(CoordError::from)?;
+        Ok(Response::new(convert::get_run(&view)))
+    }
+
+    async fn get_task_log(
+        &self,
+        request: Request<pb::GetTaskLogRequest>,
+    ) -> Result<Response<pb::GetTaskLogResponse>, Status> {
+        self.auth
+            .grpc(&request, Scope::Read, "RunService/GetTaskLog")?;
+        let req = request.into_inner();
+        let run = run_ref(req.run_id, req.ci_execution_id)?;
+        let answer = self
+            .actor
+            .read(move |v| {
+                let run_id = v.sched.resolve(&run)?;
+                let run = v
+                    .sched
+                    .run_view(&run_id)
+                    .ok_or(SchedError::UnknownRun(run_id.clone()))?;
+                let task = run
+                    .tasks
+                    .iter()
+                    .find(|t| t.task == req.task_id)
+                    .ok_or_else(|| {
+                        SchedError::InvalidRun(format!(
+                            "run {run_id} has no task `{}`",
+                            req.task_id
+                        ))
+                    })?;
+                let (data, size) = v
+                    .logs
+                    .get(&run_id)
+                    .map(|l| l.task_log(&req.task_id, req.from as usize))
+                    .unwrap_or_default();
+                Ok::<_, SchedError>(pb::GetTaskLogResponse {
+                    data,
+                    size: size as u64,
+                    status: convert::status_to_proto(task.status) as i32,
+                })
+            })
+            .await?
+            .map_err(CoordError::from)?;
+        Ok(Response::new(answer))
     }
 
     type WatchRunStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;

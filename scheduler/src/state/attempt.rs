@@ -97,6 +97,7 @@ impl Scheduler {
                 t.reason = reason.clone();
                 let event = RunEvent::TaskFinished(TaskFinished {
                     task: t.spec.id.clone(),
+                    target: t.spec.target.clone(),
                     submissions: t.submissions.clone(),
                     status: TaskStatus::Failed,
                     exit_code: Some(result.exit_code),

@@ -133,6 +133,8 @@ pub struct RunRequest {
     /// Set by the coordinator from the caller's token, never by the caller.
     pub cache_namespace: Option<String>,
     pub started_by: String,
+    /// The CI pipeline's W3C trace context, for the owner's tracing (the scheduler ignores it).
+    pub traceparent: String,
 }
 
 impl RunSpec {

@@ -12,6 +12,7 @@ impl Scheduler {
         t.reason = reason.clone();
         let event = RunEvent::TaskFinished(TaskFinished {
             task: t.spec.id.clone(),
+            target: t.spec.target.clone(),
             submissions: t.submissions.clone(),
             status,
             exit_code: t.exit_code,

@@ -1123,3 +1123,46 @@ fn an_agent_drained_by_an_operator_finishes_its_task_and_takes_no_more() {
     assert_eq!(h.finished("a:build")[0].attempt, 1);
     assert!(h.s.agent_views()[0].draining);
 }
+
+#[test]
+fn the_critical_path_follows_the_longest_chain_of_durations() {
+    let mut h = Harness::new();
+    let run = h.simple_run("ci-1");
+    h.agent("a1", "linux", 4, None);
+    h.submit(
+        &run,
+        vec![
+            t("lib:build", &[]),
+            t("app:build", &["lib:build"]),
+            t("app:test", &["app:build"]),
+            t("lint:lint", &[]),
+        ],
+    );
+    for _ in 0..3 {
+        for l in h.take_leases() {
+            let took = if l.1.task_id == "lint:lint" {
+                300_000
+            } else {
+                100
+            };
+            h.s.task_finished(
+                h.now,
+                l.0,
+                l.1.lease,
+                l.1.token,
+                TaskResult::success(ms(took)),
+            )
+            .unwrap();
+            h.drain();
+        }
+    }
+    assert_eq!(h.s.critical_path(&run), ["lint:lint"]);
+    let mut h2 = Harness::new();
+    let run = h2.simple_run("ci-2");
+    h2.submit(&run, vec![t("a:x", &[]), t("b:x", &["a:x"]), t("c:x", &[])]);
+    assert_eq!(
+        h2.s.critical_path(&run),
+        ["a:x", "b:x"],
+        "by estimates before anything ran"
+    );
+}

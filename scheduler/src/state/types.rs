@@ -174,6 +174,8 @@ pub struct TaskSummary {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskFinished {
     pub task: String,
+    /// The task's target (`build`, `test`, ...), for per-target figures.
+    pub target: String,
     pub submissions: Vec<u64>,
     pub status: TaskStatus,
     pub exit_code: Option<i32>,

@@ -81,6 +81,8 @@ pub struct TemplateGauges {
     pub free_slots: usize,
     /// Ready tasks this template may run (a task several templates may run counts for each).
     pub ready: usize,
+    /// Tasks running on its agents.
+    pub running: usize,
 }
 
 /// The scheduler's gauges, computed on demand.
@@ -113,6 +115,17 @@ impl Scheduler {
         self.leases
             .iter()
             .map(|(id, l)| (*id, l.token, self.runs[l.run].id.clone()))
+            .collect()
+    }
+
+    /// Every running lease: its agent, run and task.
+    pub fn running_leases(&self) -> Vec<(AgentId, String, String)> {
+        self.leases
+            .iter()
+            .map(|(_, l)| {
+                let run = &self.runs[l.run];
+                (l.agent, run.id.clone(), run.tasks[l.task].spec.id.clone())
+            })
             .collect()
     }
 
@@ -222,11 +235,66 @@ impl Scheduler {
             .collect()
     }
 
+    /// The critical path of a run: the chain of tasks, each depending on the one before,
+    /// whose durations add up the longest (what a run's wall time cannot go below). Ended
+    /// tasks count with their duration, others with their estimate. Empty for an unknown run.
+    pub fn critical_path(&self, run_id: &str) -> Vec<String> {
+        let Ok(r) = self.runs.find(run_id) else {
+            return Vec::new();
+        };
+        let run = &self.runs[r];
+        let n = run.tasks.len();
+        let deps: Vec<Vec<usize>> = run
+            .tasks
+            .iter()
+            .map(|t| {
+                t.spec
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| run.index.get(d).copied())
+                    .collect()
+            })
+            .collect();
+        let weight = |t: &TaskState| -> u64 {
+            let ms = match t.status() {
+                TaskStatus::Succeeded | TaskStatus::Failed => t.duration,
+                TaskStatus::Skipped => Duration::ZERO,
+                _ => self.estimates.estimate(&t.spec),
+            };
+            ms.as_millis() as u64
+        };
+        // Submissions add tasks after those they depend on, so index order is topological.
+        let mut longest = vec![0u64; n];
+        let mut via: Vec<Option<usize>> = vec![None; n];
+        for i in 0..n {
+            let best = deps[i]
+                .iter()
+                .copied()
+                .max_by_key(|&d| (longest[d], std::cmp::Reverse(d)));
+            longest[i] = weight(&run.tasks[i]) + best.map_or(0, |d| longest[d]);
+            via[i] = best;
+        }
+        let Some(mut at) = (0..n).max_by_key(|&i| (longest[i], std::cmp::Reverse(i))) else {
+            return Vec::new();
+        };
+        let mut path = vec![run.tasks[at].spec.id.clone()];
+        while let Some(prev) = via[at] {
+            path.push(run.tasks[prev].spec.id.clone());
+            at = prev;
+        }
+        path.reverse();
+        path
+    }
+
     /// Gauges for `/metrics`: agents, slots, tasks, runs, and per launch template.
     pub fn gauges(&self) -> Gauges {
         let mut g = Gauges::default();
         for a in self.agents.iter() {
             g.running += a.running() as usize;
+            if a.running() > 0 {
+                g.by_template.entry(a.template.clone()).or_default().running +=
+                    a.running() as usize;
+            }
             if !a.is_live() {
                 continue;
             }
