@@ -228,6 +228,7 @@ impl Agent {
             ci_execution_id: self.config.ci_execution_id.clone().unwrap_or_default(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             held_leases: self.session.held_for_hello(),
+            attempt: self.config.attempt,
         }
     }
 

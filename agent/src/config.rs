@@ -35,6 +35,9 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// The CA to trust for `https://` and, for mutual TLS, the agent's certificate.
     pub tls: drover_proto::ClientTls,
+    /// A CI agent's run attempt (0 for daemons): an agent of another attempt than its run's
+    /// is refused (the pipeline was re-run only in part).
+    pub attempt: u32,
 }
 
 impl AgentConfig {
@@ -100,6 +103,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             token: None,
             tls: drover_proto::ClientTls::default(),
+            attempt: 0,
         }
     }
 

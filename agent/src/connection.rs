@@ -119,6 +119,11 @@ pub(crate) fn classify(url: &str, status: &Status) -> AttemptError {
         Code::Unimplemented => rejected(format!(
             "{message}; the server does not implement drover.v1.AgentService: is {url} a Drover coordinator's gRPC port?"
         )),
+        // A rerun guard refusal may be a main job not rerun yet: keep trying until the connect
+        // timeout, then say it in its own words.
+        Code::FailedPrecondition if message.starts_with("You reran only failed jobs") => {
+            AttemptError::Transient(message)
+        }
         // NotFound is not here: it most likely means "no such run yet", which can change.
         Code::InvalidArgument
         | Code::FailedPrecondition

@@ -16,6 +16,7 @@
 //!     connect_timeout: AgentConfig::DEFAULT_CONNECT_TIMEOUT,
 //!     token: None,
 //!     tls: Default::default(),
+//!     attempt: 0,
 //! };
 //! let shutdown = Shutdown::from_signals().expect("signal handlers");
 //! let exit = drover_agent::run(config, shutdown).await?;

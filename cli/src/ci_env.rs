@@ -13,9 +13,20 @@ const EXECUTION_ID_VARS: &[(&str, &str)] = &[
     ("CIRCLE_WORKFLOW_ID", "CircleCI"),
 ];
 
-/// The CI execution id from the environment, and the variable it came from.
+/// The CI execution id from the environment, and the variable it came from. With an
+/// execution env (`DROVER_CI_EXECUTION_ENV` or `NX_CI_EXECUTION_ENV`, e.g. `linux`) it is
+/// `ID/ENV`: several main jobs of one pipeline, each with its own agents.
 pub fn execution_id_from_env() -> Option<(String, &'static str)> {
-    execution_id_from(|name| std::env::var(name).ok())
+    let (id, var) = execution_id_from(|name| std::env::var(name).ok())?;
+    Some((execution_key(&id, &execution_env_from_env()), var))
+}
+
+/// The key that ties a main job to its agents: the execution id, and its env when there is one.
+pub fn execution_key(id: &str, env: &str) -> String {
+    match env.trim() {
+        "" => id.to_string(),
+        env => format!("{id}/{env}"),
+    }
 }
 
 pub fn execution_id_from(get: impl Fn(&str) -> Option<String>) -> Option<(String, &'static str)> {
@@ -74,6 +85,13 @@ pub fn remembered() -> Option<RememberedRun> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_execution_env_partitions_the_pipeline() {
+        assert_eq!(execution_key("77", ""), "77");
+        assert_eq!(execution_key("77", "linux"), "77/linux");
+        assert_ne!(execution_key("77", "linux"), execution_key("77", "macos"));
+    }
 
     #[test]
     fn drover_then_nx_then_providers() {

@@ -30,6 +30,7 @@ pub fn hello(h: pb::Hello) -> Hello {
         slots: h.slots,
         ci_execution_id: (!h.ci_execution_id.is_empty()).then_some(h.ci_execution_id),
         version: h.version,
+        attempt: h.attempt,
     }
 }
 

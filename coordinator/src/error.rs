@@ -47,7 +47,7 @@ impl From<CoordError> for tonic::Status {
                 SchedError::UnknownRun(_) | SchedError::NoRunForExecution(_) => {
                     Status::not_found(msg)
                 }
-                SchedError::RunEnded(_) | SchedError::RunActive(_) => {
+                SchedError::RunEnded(_) | SchedError::RunActive(_) | SchedError::Rerun => {
                     Status::failed_precondition(msg)
                 }
                 SchedError::UnknownAgent(_) => Status::not_found(msg),

@@ -113,6 +113,7 @@ async function main() {
       viewport: VIEWPORT,
       deviceScaleFactor: 1,
       colorScheme: opts.dark ? 'dark' : 'light',
+      ignoreHTTPSErrors: true, // a test coordinator with a self-signed certificate
     });
     context.setDefaultTimeout(20_000);
     page = await context.newPage();
@@ -127,8 +128,13 @@ async function main() {
     await step('login', async () => {
       await page.goto(url('/ui/login'));
       await page.fill('input[name="token"]', opts.token);
-      await Promise.all([page.waitForURL((u) => u.pathname === '/ui/runs'), page.click('form.login button[type="submit"], form button')]);
-      return { landed: new URL(page.url()).pathname };
+      await Promise.all([
+        page.waitForURL((u) => u.pathname === '/ui/runs' || u.searchParams.has('error')),
+        page.click('form.login button[type="submit"], form button'),
+      ]);
+      const landed = new URL(page.url());
+      if (landed.pathname !== '/ui/runs') throw new Error(`the token was refused (landed on ${landed.pathname}${landed.search})`);
+      return { landed: landed.pathname };
     });
   }
 

@@ -28,6 +28,7 @@ fn config(url: &str) -> AgentConfig {
         connect_timeout: Duration::from_secs(5),
         token: None,
         tls: Default::default(),
+        attempt: 0,
     }
 }
 
@@ -361,6 +362,7 @@ async fn an_unreachable_coordinator_is_an_error_after_the_connect_timeout() {
         connect_timeout: Duration::from_millis(400),
         token: None,
         tls: Default::default(),
+        attempt: 0,
         ..config(&url)
     });
     let error = exit_of(agent).await.expect_err("nobody listens");

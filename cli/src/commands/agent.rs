@@ -71,6 +71,11 @@ pub async fn run(args: AgentArgs) -> Result<u8, CliError> {
         workdir: args.workdir,
         drain_timeout: args.drain_timeout.0,
         connect_timeout: args.connect_timeout.0,
+        attempt: if args.daemon {
+            0
+        } else {
+            ci_env::attempt_from_env()
+        },
         token: args.coordinator.token.clone(),
         tls: args.coordinator.tls(),
     };

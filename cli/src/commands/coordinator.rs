@@ -36,6 +36,10 @@ pub struct CoordinatorArgs {
     /// A task whose agent is lost (silent or gone) this many times fails with that reason.
     #[arg(long, env = "DROVER_MAX_LOST_ATTEMPTS", default_value_t = Config::default().max_lost_attempts, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_lost_attempts: u32,
+    /// A re-run pipeline's run (attempt 2 or later) whose ready tasks no agent serves for this
+    /// long fails with "You reran only failed jobs, ...": its agents were not re-run.
+    #[arg(long, env = "DROVER_RERUN_GRACE", default_value_t = Human(Config::default().rerun_grace))]
+    pub rerun_grace: Human,
     /// Runs that ended (succeeded or failed) longer ago than this are forgotten, in memory and
     /// in the data dir; `0` keeps every run forever. Active runs are always kept.
     #[arg(long, env = "DROVER_RUN_RETENTION", default_value_t = Human(CoordinatorConfig::DEFAULT_RUN_RETENTION))]
@@ -149,6 +153,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     s.lease_timeout = args.lease_timeout.0;
     s.reconnect_grace = args.reconnect_grace.unwrap_or(args.lease_timeout).0;
     s.max_lost_attempts = args.max_lost_attempts;
+    s.rerun_grace = args.rerun_grace.0;
     config.run_retention = (!args.run_retention.0.is_zero()).then_some(args.run_retention.0);
     config.retention_sweep_interval = args.retention_sweep_interval.0;
     config.cache = args.cache.config();

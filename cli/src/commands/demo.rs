@@ -82,6 +82,7 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
             connect_timeout: AgentConfig::DEFAULT_CONNECT_TIMEOUT,
             token: None,
             tls: Default::default(),
+            attempt: 1,
         };
         agents.push(tokio::spawn(drover_agent::run(config, Shutdown::never())));
     }

@@ -61,7 +61,10 @@ pub async fn start(args: StartArgs) -> Result<u8, CliError> {
         None => (String::new(), String::new()),
     };
     let (ci_execution_id, source) = match args.ci_execution_id.clone() {
-        Some(id) => (id, "--ci-execution-id"),
+        Some(id) => (
+            ci_env::execution_key(&id, &ci_env::execution_env_from_env()),
+            "--ci-execution-id",
+        ),
         None => match ci_env::execution_id_from_env() {
             Some(found) => found,
             None => {

@@ -295,7 +295,15 @@ pub async fn task(
     };
     let t = detail.tasks.iter().find(|t| t.id == task);
     let attempts: Vec<&Attempt> = detail.attempts.iter().filter(|a| a.task == task).collect();
-    let log = String::from_utf8_lossy(&log);
+    // Cut at the last whole character: the page's byte count is where the next read starts,
+    // so a character split here comes whole with it.
+    let whole = match std::str::from_utf8(&log) {
+        Ok(_) => log.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => log.len(),
+    };
+    let size = size - (log.len() - whole);
+    let log = String::from_utf8_lossy(&log[..whole]);
     let body = format!(
         r#"<p class="crumbs"><a href="/ui/runs/{run_enc}">Run {run}</a></p>
 <section id="task" data-run="{run}" data-task="{id}" data-status="{st}">

@@ -70,6 +70,7 @@ impl DecisionBench {
                 ci_execution_id: None,
                 held: Vec::new(),
                 version: String::new(),
+                attempt: 0,
             };
             let outcome = sched.handle(zero, Event::Hello(hello));
             outcome.reply.expect("a valid agent");

@@ -215,6 +215,7 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
             ci_execution_id: None,
             held: Vec::new(),
             version: String::new(),
+            attempt: 0,
         };
         if let Reply::Agent(id) = send(&mut sched, &mut actions, Event::Hello(hello))? {
             by_id.insert(id, k);

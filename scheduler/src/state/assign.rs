@@ -293,6 +293,7 @@ impl Scheduler {
         let t = &mut run.tasks[i];
         t.attempts += 1;
         t.agent = agent.name.clone();
+        run.leased_any = true;
         if !run.waiting_reported.is_empty() {
             run.waiting_reported.remove(&t.class);
         }

@@ -22,6 +22,16 @@ impl Scheduler {
         if hello.slots == 0 {
             return Err(bad("slots must be at least 1"));
         }
+        // The rerun guard: a CI agent of another attempt than its run's was re-run alone (or
+        // left behind); the run it would wait for never comes.
+        if let Some(exec) = hello.ci_execution_id.as_deref().filter(|e| !e.is_empty())
+            && hello.attempt > 0
+            && let Some(r) = self.runs.newest_of(exec)
+            && self.runs[r].spec.attempt > 0
+            && self.runs[r].spec.attempt != hello.attempt
+        {
+            return Err(SchedError::Rerun);
+        }
         let first_action = self.actions.len();
         let id = match self.agents.find(&hello.name, &hello.instance_id) {
             Some(id) => {

@@ -7,6 +7,32 @@ use super::*;
 use crate::duration::format_duration;
 
 impl Scheduler {
+    /// A re-run pipeline's run whose ready tasks no agent has served within the grace: its
+    /// agents were not re-run (only the failed jobs were), so it fails with the guard's words
+    /// instead of waiting for agents that will not come.
+    fn check_rerun(&mut self, now: Duration, r: usize) {
+        if self.runs.live().binary_search(&r).is_err() {
+            return;
+        }
+        let run = &self.runs[r];
+        if !run.is_active() || run.leased_any {
+            return;
+        }
+        let served = self
+            .agents
+            .iter()
+            .any(|a| a.serving() && assign::serves(&self.runs, a, r));
+        if served {
+            return;
+        }
+        if run.ready_count() == 0 {
+            // Nothing waits for an agent yet: look again later.
+            self.rerun_checks.insert((now + self.config.rerun_grace, r));
+            return;
+        }
+        self.abort(r, RERUN_MESSAGE.to_string());
+    }
+
     /// Fires every deadline due at `now`: a live agent silent past the lease timeout loses its
     /// leases; one silent or away past the reconnect grace is forgotten; ready tasks that no
     /// connected agent may run are reported.
@@ -43,6 +69,13 @@ impl Scheduler {
                 self.revoke_all(id, &Revoke::Lost(reason));
                 self.forget_agent(id, "the agent was silent past the reconnect grace period");
             }
+        }
+        while let Some(&(at, r)) = self.rerun_checks.first() {
+            if at > now {
+                break;
+            }
+            self.rerun_checks.pop_first();
+            self.check_rerun(now, r);
         }
         if self.waiting_check.is_some_and(|at| at <= now) {
             self.waiting_check = None;

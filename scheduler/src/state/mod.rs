@@ -77,6 +77,9 @@ pub struct Config {
     pub reconnect_grace: Duration,
     /// A task whose agent is lost this many times fails.
     pub max_lost_attempts: u32,
+    /// A re-run pipeline's run (attempt 2 or later) with ready tasks that no agent has served
+    /// for this long fails with the rerun guard's words: its agents were not re-run.
+    pub rerun_grace: Duration,
     pub policy: Policy,
 }
 
@@ -87,6 +90,7 @@ impl Default for Config {
             lease_timeout: Duration::from_secs(10),
             reconnect_grace: Duration::from_secs(10),
             max_lost_attempts: 3,
+            rerun_grace: Duration::from_secs(120),
             policy: Policy::CriticalPath,
         }
     }
@@ -118,6 +122,8 @@ pub struct Scheduler {
     assignment_deferred: bool,
     /// When to look for ready tasks that no connected agent may run.
     waiting_check: Option<Duration>,
+    /// Runs of re-run pipelines to look at (see [`Config::rerun_grace`]), by when.
+    rerun_checks: std::collections::BTreeSet<(Duration, usize)>,
 }
 
 impl Scheduler {
@@ -132,6 +138,7 @@ impl Scheduler {
             actions: Vec::new(),
             assignment_deferred: false,
             waiting_check: None,
+            rerun_checks: Default::default(),
         }
     }
 
@@ -181,10 +188,14 @@ impl Scheduler {
     /// When the owner must next send [`Event::Tick`], if ever: the earliest lease timeout,
     /// reconnect grace or waiting check. A tick before it does nothing.
     pub fn next_deadline(&self) -> Option<Duration> {
-        match (self.agents.next_deadline(), self.waiting_check) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.agents.next_deadline(),
+            self.waiting_check,
+            self.rerun_checks.first().map(|&(at, _)| at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn apply(&mut self, now: Duration, event: Event) -> Result<Reply, SchedError> {
@@ -231,7 +242,7 @@ impl Scheduler {
                 self.on_disconnected(now, agent);
                 Ok(Reply::Done)
             }
-            Event::StartRun { spec, unix_ms } => self.on_start_run(spec, unix_ms),
+            Event::StartRun { spec, unix_ms } => self.on_start_run(now, spec, unix_ms),
             Event::Submit { run, tasks } => self.on_submit(run, tasks),
             Event::Complete { run } => self.on_complete(run),
             Event::Drain { agent } => {

@@ -362,6 +362,7 @@ mod tests {
             ci_execution_id: None,
             held,
             version: String::new(),
+            attempt: 0,
         }
     }
 

@@ -66,6 +66,7 @@ impl Harness {
             ci_execution_id: exec.map(str::to_string),
             held: vec![],
             version: String::new(),
+            attempt: 0,
         };
         let id = self.s.agent_connected(self.now, hello).unwrap();
         self.drain();

@@ -118,8 +118,11 @@ pub(crate) struct Run {
     pub stopping_after: Option<String>,
     /// `Some(success)` once the run has ended.
     pub ended: Option<bool>,
-    /// Who cancelled it, if someone did.
-    pub cancelled_by: Option<String>,
+    /// Why it was stopped from outside (cancelled by an operator, a pipeline re-run only in
+    /// part), if it was.
+    pub aborted: Option<String>,
+    /// Some task of it was ever leased (an agent served it).
+    pub leased_any: bool,
     /// Classes already reported as waiting for an agent.
     pub waiting_reported: HashSet<Class>,
 }
@@ -140,7 +143,8 @@ impl Run {
             complete_requested: false,
             stopping_after: None,
             ended: None,
-            cancelled_by: None,
+            aborted: None,
+            leased_any: false,
             waiting_reported: HashSet::new(),
         }
     }

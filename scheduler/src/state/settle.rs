@@ -62,7 +62,7 @@ impl Scheduler {
                 if status == TaskStatus::Failed
                     && self.runs[r].spec.stop_on_failure
                     && self.runs[r].stopping_after.is_none()
-                    && self.runs[r].cancelled_by.is_none()
+                    && self.runs[r].aborted.is_none()
                 {
                     self.stop_run_after_failure(r, &id);
                 }
@@ -125,13 +125,13 @@ impl Scheduler {
                 .stop_agents_after
                 .iter()
                 .all(|target| run.tasks.iter().any(|t| &t.spec.target == target));
-        let stopping = run.stopping_after.is_some() || run.cancelled_by.is_some();
+        let stopping = run.stopping_after.is_some() || run.aborted.is_some();
         if !(run.complete_requested || stop_targets_done || stopping) {
             return;
         }
         let success = run.failed() == 0 && !stopping;
-        let reason = if let Some(by) = &run.cancelled_by {
-            format!("cancelled by {by}")
+        let reason = if let Some(why) = &run.aborted {
+            why.clone()
         } else if let Some(stop) = run.stopping() {
             stop.to_string()
         } else if run.failed() > 0 {

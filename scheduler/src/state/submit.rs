@@ -1,11 +1,14 @@
 //! Runs: opening, submissions (with critical-path ranks), completion, forgetting.
 
+use std::time::Duration;
+
 use super::*;
 
 impl Scheduler {
     /// Opens a run, or answers with the open run of the same CI execution and attempt.
     pub(super) fn on_start_run(
         &mut self,
+        now: Duration,
         spec: RunSpec,
         unix_ms: u64,
     ) -> Result<Reply, SchedError> {
@@ -16,11 +19,20 @@ impl Scheduler {
             });
         }
         let run_id = self.runs.new_id(unix_ms);
-        self.runs.open(Run::new(run_id.clone(), spec, unix_ms));
+        self.open(now, run_id.clone(), spec, unix_ms);
         Ok(Reply::RunStarted {
             run_id,
             existing: false,
         })
+    }
+
+    /// Opens a run under `run_id`; a re-run pipeline's run gets its rerun check.
+    pub(super) fn open(&mut self, now: Duration, run_id: String, spec: RunSpec, unix_ms: u64) {
+        let rerun = spec.attempt > 1;
+        let r = self.runs.open(Run::new(run_id, spec, unix_ms));
+        if rerun {
+            self.rerun_checks.insert((now + self.config.rerun_grace, r));
+        }
     }
 
     /// The open run of the same CI execution and attempt, if there is one (a retried main
@@ -227,11 +239,18 @@ impl Scheduler {
         if !self.runs[r].is_active() {
             return Err(SchedError::RunEnded(run_id));
         }
-        self.runs[r].cancelled_by = Some(by.clone());
-        let why = SkipReason::Cancelled { by: by.clone() };
+        self.abort(r, format!("cancelled by {by}"));
+        Ok(Reply::Completed { run_id })
+    }
+
+    /// Stops a run from outside: queued tasks are skipped, running ones cancelled on their
+    /// agents and failed, all with `why`, and the run ends failed with it.
+    pub(super) fn abort(&mut self, r: usize, why: String) {
+        self.runs[r].aborted = Some(why.clone());
+        let skip = SkipReason::Aborted(why.clone());
         for i in 0..self.runs[r].tasks.len() {
             if matches!(self.runs[r].tasks[i].phase(), Phase::Blocked | Phase::Ready) {
-                self.skip(r, i, why.clone());
+                self.skip(r, i, skip.clone());
             }
         }
         let leased: Vec<LeaseId> = (0..self.runs[r].tasks.len())
@@ -242,20 +261,18 @@ impl Scheduler {
             .collect();
         for lease_id in leased {
             let lease = self.release(lease_id);
-            let reason = why.to_string();
             if self.agents.get(lease.agent).is_some_and(Agent::is_live) {
                 self.actions.push(Action::Cancel {
                     agent: lease.agent,
                     lease: lease_id,
-                    reason: reason.clone(),
+                    reason: why.clone(),
                 });
             }
-            self.finish(r, lease.task, TaskStatus::Failed, reason);
+            self.finish(r, lease.task, TaskStatus::Failed, why.clone());
         }
         // Complete as well: nothing more may be submitted, and CI agents stop.
         self.runs[r].complete_requested = true;
         self.check_submissions(r);
         self.maybe_finish_run(r);
-        Ok(Reply::Completed { run_id })
     }
 }

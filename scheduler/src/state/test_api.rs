@@ -49,7 +49,7 @@ impl Scheduler {
         if let Some(id) = self.open_run_of(&spec) {
             return Ok((id, true));
         }
-        self.runs.open(Run::new(run_id.clone(), spec, 0));
+        self.open(now, run_id.clone(), spec, 0);
         self.shim(now, Event::Tick)?;
         Ok((run_id, false))
     }

@@ -138,6 +138,7 @@ fn hello(name: &str, template: &str, slots: u32, exec: Option<&str>, held: Vec<H
         ci_execution_id: exec.map(str::to_string),
         held,
         version: String::new(),
+        attempt: 0,
     }
 }
 
@@ -1164,5 +1165,74 @@ fn the_critical_path_follows_the_longest_chain_of_durations() {
         h2.s.critical_path(&run),
         ["a:x", "b:x"],
         "by estimates before anything ran"
+    );
+}
+
+#[test]
+fn the_rerun_guard_refuses_agents_of_another_attempt_and_fails_a_rerun_left_alone() {
+    let mut h = Harness::with(Config {
+        rerun_grace: ms(5_000),
+        ..Config::default()
+    });
+    let run = h.run(RunSpec {
+        ci_execution_id: "ci-1".into(),
+        attempt: 2,
+        ..RunSpec::default()
+    });
+    // An agent of the first attempt (its job was not re-run) or of a later one is refused.
+    for attempt in [1, 3] {
+        let hello = Hello {
+            attempt,
+            ..hello("old", "linux", 1, Some("ci-1"), vec![])
+        };
+        let err = h.s.agent_connected(h.now, hello).unwrap_err();
+        assert_eq!(err, SchedError::Rerun);
+        assert!(
+            err.to_string()
+                .starts_with("You reran only failed jobs, but CI requires rerunning all jobs."),
+            "{err}"
+        );
+    }
+    h.submit(&run, vec![t("x:build", &[])]);
+    h.advance(ms(4_999));
+    assert!(
+        h.events
+            .iter()
+            .all(|e| !matches!(e, RunEvent::RunDone { .. }))
+    );
+    h.advance(ms(2));
+    let done = h.events.iter().find_map(|e| match e {
+        RunEvent::RunDone { success, reason } => Some((*success, reason.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        done,
+        Some((false, RERUN_MESSAGE.to_string())),
+        "the main job hears the same words"
+    );
+    assert_eq!(h.finished("x:build")[0].reason, RERUN_MESSAGE);
+
+    // A re-run with its agents (same attempt) runs as usual.
+    let mut h = Harness::with(Config {
+        rerun_grace: ms(5_000),
+        ..Config::default()
+    });
+    let run = h.run(RunSpec {
+        ci_execution_id: "ci-2".into(),
+        attempt: 2,
+        ..RunSpec::default()
+    });
+    h.submit(&run, vec![t("x:build", &[])]);
+    let agent = Hello {
+        attempt: 2,
+        ..hello("new", "linux", 1, Some("ci-2"), vec![])
+    };
+    h.connect(agent);
+    assert_eq!(h.take_leases().len(), 1);
+    h.advance(ms(6_000));
+    assert!(
+        h.events
+            .iter()
+            .all(|e| !matches!(e, RunEvent::RunDone { .. }))
     );
 }

@@ -50,7 +50,13 @@ pub struct Hello {
     pub held: Vec<Held>,
     /// The agent's version, for operators.
     pub version: String,
+    /// A CI agent's run attempt (0: not known); one of another attempt than its run's is
+    /// refused (see [`RERUN_MESSAGE`]).
+    pub attempt: u32,
 }
+
+/// What a CI agent, and the main job, of a pipeline that was re-run only in part are told.
+pub const RERUN_MESSAGE: &str = "You reran only failed jobs, but CI requires rerunning all jobs. Rerun all jobs in the pipeline to prevent this error.";
 
 /// A lease an agent reports holding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -345,8 +351,8 @@ pub enum SkipReason {
     DependencySkipped { dependency: String },
     /// `--stop-agents-on-failure`: the run stops after this task failed.
     RunStopping { failed: String },
-    /// An operator cancelled the run.
-    Cancelled { by: String },
+    /// The run was stopped from outside: "cancelled by NAME", or the rerun guard's words.
+    Aborted(String),
     /// Said before a coordinator restart.
     Recorded(String),
 }
@@ -359,11 +365,11 @@ impl SkipReason {
             SkipReason::DependencyFailed { .. }
             | SkipReason::DependencyNotSucceeded { .. }
             | SkipReason::DependencySkipped { .. } => self.clone(),
-            SkipReason::RunStopping { .. }
-            | SkipReason::Cancelled { .. }
-            | SkipReason::Recorded(_) => SkipReason::DependencySkipped {
-                dependency: id.to_string(),
-            },
+            SkipReason::RunStopping { .. } | SkipReason::Aborted(_) | SkipReason::Recorded(_) => {
+                SkipReason::DependencySkipped {
+                    dependency: id.to_string(),
+                }
+            }
         }
     }
 }
@@ -386,7 +392,7 @@ impl fmt::Display for SkipReason {
                     "not started: the run stops after the failure of `{failed}`"
                 )
             }
-            SkipReason::Cancelled { by } => write!(f, "cancelled by {by}"),
+            SkipReason::Aborted(why) => f.write_str(why),
             SkipReason::Recorded(text) => f.write_str(text),
         }
     }
@@ -426,6 +432,9 @@ pub enum SchedError {
     InvalidRun(String),
     #[error("{0} is not connected")]
     UnknownAgent(AgentId),
+    /// A CI agent of another attempt than its run's.
+    #[error("{}", RERUN_MESSAGE)]
+    Rerun,
     #[error("agent `{name}`: {message}")]
     BadAgent { name: String, message: String },
 }

@@ -13,32 +13,24 @@
 
   // ---------------------------------------------------------------- DOM helpers
 
-  function append(node, children) {
-    for (const c of children) {
-      if (c === null || c === undefined || c === false) continue;
-      node.append(c instanceof Node ? c : String(c));
-    }
-    return node;
-  }
+  const absent = (v) => v === null || v === undefined || v === false;
 
-  function setAttrs(node, attrs) {
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v !== null && v !== undefined && v !== false) node.setAttribute(k, String(v));
-    }
+  /** Sets attributes and appends children (strings become text nodes; null/false are left out). */
+  function build(node, attrs, children) {
+    for (const [k, v] of Object.entries(attrs || {})) if (!absent(v)) node.setAttribute(k, String(v));
+    for (const c of children) if (!absent(c)) node.append(c instanceof Node ? c : String(c));
     return node;
   }
 
   /** An HTML element: h('a', {href}, 'text', child…). */
-  const h = (tag, attrs, ...children) => append(setAttrs(document.createElement(tag), attrs), children);
+  const h = (tag, attrs, ...children) => build(document.createElement(tag), attrs, children);
   /** An SVG element, same shape as h(). */
-  const s = (tag, attrs, ...children) => append(setAttrs(document.createElementNS(SVG_NS, tag), attrs), children);
+  const s = (tag, attrs, ...children) => build(document.createElementNS(SVG_NS, tag), attrs, children);
 
   const runHref = (run) => `/ui/runs/${enc(run)}`;
   const taskHref = (run, task) => `/ui/runs/${enc(run)}/tasks/${enc(task)}`;
 
-  function statusBadge(state) {
-    return h('span', { class: `status status-${state}` }, state);
-  }
+  const statusBadge = (state) => h('span', { class: `status status-${state}` }, state);
 
   function setBadge(badge, state) {
     if (!badge) return;
@@ -83,18 +75,13 @@
     return d.toLocaleString(undefined, opts);
   }
 
-  function timeEl(ms) {
-    if (!ms) return '';
-    return h('time', { datetime: new Date(ms).toISOString(), title: new Date(ms).toLocaleString() }, formatClock(ms));
-  }
+  const timeEl = (ms) => (ms ? h('time', { datetime: new Date(ms).toISOString(), title: new Date(ms).toLocaleString() }, formatClock(ms)) : '');
 
   /** Server-rendered <time> elements show UTC; show them in the reader's zone. */
   function localizeTimes(root = document) {
     for (const t of root.querySelectorAll('time[datetime]')) {
       const ms = Date.parse(t.getAttribute('datetime'));
-      if (Number.isNaN(ms)) continue;
-      t.textContent = formatClock(ms);
-      t.title = new Date(ms).toLocaleString();
+      if (!Number.isNaN(ms)) t.replaceWith(timeEl(ms));
     }
   }
 
@@ -168,9 +155,7 @@
     return `${[`${r.succeeded} ok`, ...more].join(' · ')} of ${r.total}`;
   }
 
-  function runDuration(r, now) {
-    return formatDuration((r.ended_at_ms ?? now) - r.opened_at_ms);
-  }
+  const runDuration = (r, now) => formatDuration((r.ended_at_ms ?? now) - r.opened_at_ms);
 
   function runRow(r, now) {
     return h('tr', { 'data-run': r.id, 'data-state': r.state },
@@ -182,9 +167,7 @@
       h('td', {}, r.started_by ?? ''));
   }
 
-  function emptyRow(columns, text) {
-    return h('tr', { class: 'empty' }, h('td', { colspan: columns }, text));
-  }
+  const emptyRow = (columns, text) => h('tr', { class: 'empty' }, h('td', { colspan: columns }, text));
 
   function initRuns() {
     const tbody = $('#runs tbody');
@@ -255,15 +238,12 @@
     return [...lanes.values()].sort((x, y) => natural(x.agent, y.agent));
   }
 
-  function timeRange(data, lanes) {
-    const run = data.run;
-    const active = ACTIVE_RUN.has(run.state) || run.ended_at_ms === null;
-    const t0 = run.opened_at_ms;
-    let t1 = active ? data.now_ms : run.ended_at_ms;
+  /** From the run's start to its end (or now, plus a little room while it runs). */
+  function timeSpan(t0, horizon, lanes, active) {
+    let t1 = horizon;
     for (const lane of lanes) for (const it of lane.items) t1 = Math.max(t1, it.end);
-    let span = Math.max(t1 - t0, 5000);
-    if (active) span += Math.max(span * 0.03, 1000); // room to the right of "now"
-    return { t0, span, active };
+    const span = Math.max(t1 - t0, 5000);
+    return active ? span + Math.max(span * 0.03, 1000) : span;
   }
 
   function tickStep(span, maxTicks) {
@@ -282,7 +262,7 @@
 
   function drawAxis(g, geo) {
     const { x, span, width, height, left } = geo;
-    const maxTicks = Math.max(2, Math.min(10, Math.floor((width - left - TL.right) / 70)));
+    const maxTicks = Math.max(2, Math.min(10, Math.floor((width - left - TL.right) / 60)));
     const step = tickStep(span, maxTicks);
     for (let t = 0; t <= span; t += step) {
       const tx = x(t);
@@ -325,17 +305,19 @@
   }
 
   function renderTimeline(svg, data, width) {
-    const now = data.now_ms;
-    const ended = !ACTIVE_RUN.has(data.run.state) && data.run.ended_at_ms !== null;
-    const lanes = packLanes(data.attempts || [], ended ? Math.max(data.run.ended_at_ms, 0) : now);
+    const { run, now_ms: now } = data;
+    const active = ACTIVE_RUN.has(run.state) || run.ended_at_ms === null;
+    const horizon = active ? now : run.ended_at_ms;
+    const lanes = packLanes(data.attempts || [], horizon);
     const critical = new Set((data.tasks || []).filter((t) => t.critical).map((t) => t.id));
-    const { t0, span, active } = timeRange(data, lanes);
+    const t0 = run.opened_at_ms;
+    const span = timeSpan(t0, horizon, lanes, active);
     const left = Math.round(Math.min(TL.left, Math.max(110, width * 0.22)));
     const lanesHeight = lanes.reduce((sum, l) => sum + laneHeight(l), 0) || TL.minLane;
     const height = TL.top + lanesHeight + TL.bottom;
     const plot = width - left - TL.right;
-    const x = (t) => +(left + (t / span) * plot).toFixed(1);
-    const geo = { x, span, width, height, left, t0, now };
+    const x = (t) => +(left + (Math.max(t, 0) / span) * plot).toFixed(1);
+    const geo = { x, span, width, height, left, t0 };
 
     svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
     svg.setAttribute('width', width);
@@ -351,22 +333,22 @@
       back.append(s('rect', { class: `lane${i % 2 ? ' odd' : ''}`, x: 0, y, width, height: hgt, 'data-agent': lane.agent }));
       drawLaneLabel(back, lane, y, hgt, left);
       const top = y + (hgt - (lane.ends.length * (TL.row + TL.gap) - TL.gap)) / 2;
-      for (const it of lane.items) drawBar(bars, data.run.id, it, top + it.row * (TL.row + TL.gap), geo, critical.has(it.a.task));
+      for (const it of lane.items) drawBar(bars, run.id, it, top + it.row * (TL.row + TL.gap), geo, critical.has(it.a.task));
       y += hgt;
     });
-    if (!lanes.length) {
-      axis.append(s('text', { class: 'empty', x: left + plot / 2, y: TL.top + TL.minLane / 2 + 4, 'text-anchor': 'middle' }, 'No task has started yet'));
-    }
     drawAxis(axis, geo);
-    back.append(s('line', { class: 'divider', x1: left - 8, x2: left - 8, y1: TL.top, y2: height - TL.bottom }));
     const parts = [back, axis, bars];
     if (active) {
       const nx = x(now - t0);
       parts.push(s('line', { class: 'now', x1: nx, x2: nx, y1: TL.top - 4, y2: height - TL.bottom }));
     }
-    svg.querySelectorAll(':scope > g, :scope > line').forEach((n) => n.remove());
+    if (!lanes.length) {
+      parts.push(s('text', { class: 'empty', x: left + plot / 2, y: TL.top + TL.minLane / 2 + 4, 'text-anchor': 'middle' }, 'No task has started yet'));
+    }
+    svg.querySelectorAll(':scope > :not(defs)').forEach((n) => n.remove());
     svg.append(...parts);
-    return { statuses: new Set((data.attempts || []).map((a) => a.status)), critical: critical.size > 0 };
+    const attempts = data.attempts || [];
+    return { statuses: new Set(attempts.map((a) => a.status)), critical: attempts.some((a) => critical.has(a.task)) };
   }
 
   const LEGEND = ['succeeded', 'failed', 'running', 'requeued', 'cancelled'];
@@ -510,7 +492,6 @@
 
     apply(params) {
       const codes = params === '' ? [0] : params.split(/[;:]/).map((c) => Number(c) || 0);
-      const st = this.sgr;
       for (let i = 0; i < codes.length; i += 1) {
         const c = codes[i];
         if (c === 0) this.sgr = {};
@@ -534,17 +515,14 @@
           i += used;
         }
       }
-      return st;
     }
   }
 
-  function scrollPosition(log) {
-    const doc = document.documentElement;
-    return {
-      inner: log.scrollHeight - log.scrollTop - log.clientHeight < 8,
-      page: window.innerHeight + window.scrollY >= doc.scrollHeight - 8,
-    };
-  }
+  /** Whether the log box, and the page, are scrolled to their bottom. */
+  const scrollPosition = (log) => ({
+    inner: log.scrollHeight - log.scrollTop - log.clientHeight < 8,
+    page: window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 8,
+  });
 
   function keepAtBottom(log, pos) {
     if (pos.inner) log.scrollTop = log.scrollHeight;
@@ -609,13 +587,8 @@
 
   // ---------------------------------------------------------------- agents page
 
-  function agentState(a) {
-    if (!a.connected) return 'away';
-    return a.draining ? 'draining' : 'connected';
-  }
-
   function agentRow(a) {
-    const state = agentState(a);
+    const state = !a.connected ? 'away' : a.draining ? 'draining' : 'connected';
     const running = a.running.flatMap((r, i) => [i ? ', ' : null, h('a', { href: taskHref(r.run, r.task), title: `run ${r.run}` }, r.task)]);
     return h('tr', { 'data-agent': a.name, 'data-state': state },
       h('td', { title: `id ${a.id}${a.version ? `, version ${a.version}` : ''}` }, a.name),
@@ -643,8 +616,7 @@
 
   function start() {
     localizeTimes();
-    const init = PAGES[document.body.dataset.page];
-    if (init) init();
+    PAGES[document.body.dataset.page]?.();
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
