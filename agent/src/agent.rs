@@ -19,6 +19,7 @@ use crate::executor::{ExecContext, KILL_GRACE, PIPE_DRAIN_LIMIT, TaskEvent, Task
 use crate::outbox::OUTPUT_LIMIT;
 use crate::session::{LeaseDecision, Session};
 use crate::shutdown::{Shutdown, ShutdownRequest};
+use crate::workspace;
 use drover_scheduler::duration::format_duration;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -128,6 +129,7 @@ impl Agent {
             launch_template: config.launch_template.clone(),
             kill_grace: KILL_GRACE,
             pipe_drain_limit: PIPE_DRAIN_LIMIT,
+            workspaces: config.workspaces.clone(),
         });
         Self {
             session: Session::new(config.slots, OUTPUT_LIMIT),
@@ -229,6 +231,12 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             held_leases: self.session.held_for_hello(),
             attempt: self.config.attempt,
+            repositories: self
+                .config
+                .workspaces
+                .as_ref()
+                .map(|w| workspace::repositories(&w.dir))
+                .unwrap_or_default(),
         }
     }
 
@@ -260,6 +268,14 @@ impl Agent {
             mut inbound,
             welcome,
         } = connection;
+        // The coordinator's launch templates serve repositories that have none of their own.
+        if let Some(ws) = &self.config.workspaces {
+            let path = workspace::coordinator_templates_path(&ws.dir);
+            let _ = std::fs::create_dir_all(&ws.dir);
+            if let Err(e) = std::fs::write(&path, &welcome.launch_templates) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep the coordinator's launch templates");
+            }
+        }
         let interval = match welcome.heartbeat_interval_ms {
             0 => DEFAULT_HEARTBEAT,
             ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),

@@ -38,6 +38,9 @@ pub struct AgentConfig {
     /// A CI agent's run attempt (0 for daemons): an agent of another attempt than its run's
     /// is refused (the pipeline was re-run only in part).
     pub attempt: u32,
+    /// A daemon agent's workspaces (`--workspaces-dir`): each run's tasks run in the run's
+    /// repository at its commit, after the launch template's init steps.
+    pub workspaces: Option<crate::WorkspacesConfig>,
 }
 
 impl AgentConfig {
@@ -104,6 +107,7 @@ mod tests {
             token: None,
             tls: drover_proto::ClientTls::default(),
             attempt: 0,
+            workspaces: None,
         }
     }
 

@@ -27,6 +27,8 @@ use tokio::task::{self, JoinError, JoinSet};
 
 use drover_scheduler::duration::format_duration;
 
+use crate::workspace::{Trees, WorkspacesConfig, coordinator_templates_path};
+
 /// The largest output chunk read and sent at once.
 pub(crate) const OUTPUT_CHUNK: usize = 16 * 1024;
 /// Between SIGTERM and SIGKILL when a task times out or is cancelled.
@@ -45,6 +47,8 @@ pub(crate) struct ExecContext {
     pub(crate) launch_template: String,
     pub(crate) kill_grace: Duration,
     pub(crate) pipe_drain_limit: Duration,
+    /// A daemon agent's workspaces: tasks of runs that name a repository run in one.
+    pub(crate) workspaces: Option<WorkspacesConfig>,
 }
 
 /// One task to run, taken from a lease.
@@ -58,6 +62,9 @@ pub(crate) struct TaskSpec {
     pub(crate) env: HashMap<String, String>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) attempt: u32,
+    /// The run's repository and commit (empty: the agent's own checkout).
+    pub(crate) repository: String,
+    pub(crate) commit: String,
 }
 
 impl From<Lease> for TaskSpec {
@@ -71,6 +78,8 @@ impl From<Lease> for TaskSpec {
             env: lease.env,
             timeout: (lease.timeout_ms > 0).then(|| Duration::from_millis(lease.timeout_ms)),
             attempt: lease.attempt,
+            repository: lease.repository,
+            commit: lease.commit,
         }
     }
 }
@@ -198,6 +207,9 @@ pub(crate) struct TaskSet {
     supervisors: JoinSet<()>,
     events_tx: mpsc::Sender<TaskEvent>,
     events_rx: mpsc::Receiver<TaskEvent>,
+    trees: Trees,
+    /// The workspace tree each supervisor's task runs in.
+    tree_of: HashMap<task::Id, (String, u32)>,
 }
 
 impl TaskSet {
@@ -211,6 +223,8 @@ impl TaskSet {
             supervisors: JoinSet::new(),
             events_tx,
             events_rx,
+            trees: Trees::default(),
+            tree_of: HashMap::new(),
         }
     }
 
@@ -223,12 +237,45 @@ impl TaskSet {
     /// Spawns the task's process and its supervisor. An error means nothing was started.
     pub(crate) fn start(&mut self, spec: TaskSpec) -> io::Result<()> {
         let ctx = &self.ctx;
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(&spec.command)
-            .current_dir(&ctx.workdir)
-            .envs(&spec.env);
+        let workspace = ctx
+            .workspaces
+            .as_ref()
+            .filter(|_| !spec.repository.is_empty() && !spec.commit.is_empty());
+        let mut tree = None;
+        let mut command = match workspace {
+            None => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(&spec.command).current_dir(&ctx.workdir);
+                c
+            }
+            Some(ws) => {
+                // The task's own process prepares the run's workspace, then becomes the task.
+                let (key, n) = self.trees.take(&spec.repository, &spec.run_id);
+                let mut c = Command::new(&ws.exe);
+                c.arg("prepare-workspace")
+                    .arg("--workspaces")
+                    .arg(&ws.dir)
+                    .args(["--repository", &spec.repository, "--commit", &spec.commit])
+                    .args(["--run", &spec.run_id, "--tree", &n.to_string()])
+                    .args(["--launch-template", &ctx.launch_template]);
+                for f in ws
+                    .launch_templates
+                    .iter()
+                    .cloned()
+                    .chain([coordinator_templates_path(&ws.dir)])
+                {
+                    c.arg("--fallback-templates").arg(f);
+                }
+                for k in &ws.keep {
+                    c.args(["--keep", k]);
+                }
+                c.args(["--", "sh", "-c", &spec.command])
+                    .current_dir(&ws.dir);
+                tree = Some((key, n));
+                c
+            }
+        };
+        command.envs(&spec.env);
         // The agent's own credentials stay with the agent: a task gets the one minted for its
         // lease (in the lease's variables), never a long-lived token.
         for name in AGENT_SECRETS {
@@ -248,12 +295,18 @@ impl TaskSet {
             .process_group(0)
             .kill_on_drop(true);
         let started = Instant::now();
-        let child = command.spawn().map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!("cannot run `sh -c` in {}: {error}", ctx.workdir.display()),
-            )
-        })?;
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                if let Some(t) = &tree {
+                    self.trees.give_back(t);
+                }
+                return Err(io::Error::new(
+                    error.kind(),
+                    format!("cannot run `sh -c` in {}: {error}", ctx.workdir.display()),
+                ));
+            }
+        };
         let Some(pid) = child.id() else {
             return Err(io::Error::other(
                 "the task process vanished before it had a pid",
@@ -273,6 +326,9 @@ impl TaskSet {
             events: self.events_tx.clone(),
         };
         let id = self.supervisors.spawn(supervisor.run(cancel_rx)).id();
+        if let Some(t) = tree {
+            self.tree_of.insert(id, t);
+        }
         self.groups.insert(id, group);
         self.leases.insert(id, (spec.lease_id.clone(), spec.token));
         self.running.insert(
@@ -343,6 +399,9 @@ impl TaskSet {
             Err(error) => error.id(),
         };
         self.groups.remove(&id);
+        if let Some(t) = self.tree_of.remove(&id) {
+            self.trees.give_back(&t);
+        }
         let (lease_id, token) = self.leases.remove(&id)?;
         let error = joined.err().filter(JoinError::is_panic)?;
         tracing::error!(lease_id, %error, "a task supervisor panicked; its process group was killed");
@@ -516,6 +575,7 @@ mod tests {
             launch_template: "linux-large".into(),
             kill_grace: Duration::from_millis(500),
             pipe_drain_limit: Duration::from_millis(500),
+            workspaces: None,
         }
     }
 
@@ -529,6 +589,8 @@ mod tests {
             env: HashMap::from([("FROM_LEASE".into(), "yes".into())]),
             timeout: None,
             attempt: 2,
+            repository: String::new(),
+            commit: String::new(),
         }
     }
 

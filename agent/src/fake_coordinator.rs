@@ -64,6 +64,7 @@ impl FakeCoordinator {
             agent_id: format!("agent-{}", hello.name),
             heartbeat_interval_ms,
             lease_timeout_ms: 30_000,
+            launch_templates: String::new(),
         }));
         (stream, hello)
     }

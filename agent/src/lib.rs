@@ -17,6 +17,7 @@
 //!     token: None,
 //!     tls: Default::default(),
 //!     attempt: 0,
+//!     workspaces: None,
 //! };
 //! let shutdown = Shutdown::from_signals().expect("signal handlers");
 //! let exit = drover_agent::run(config, shutdown).await?;
@@ -36,10 +37,12 @@ mod fake_coordinator;
 mod outbox;
 mod session;
 mod shutdown;
+mod workspace;
 
 pub use agent::{AgentExit, run};
 pub use config::AgentConfig;
 pub use error::AgentError;
+pub use workspace::{Prepare, Prepared, WorkspacesConfig};
 
 /// Whether an environment variable holds one of the long-lived credentials that never reach a
 /// task (`DROVER_TOKEN`, the cache's tokens...).

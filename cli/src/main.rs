@@ -73,6 +73,9 @@ enum Command {
     Status(status::StatusArgs),
     /// A task's output; `--follow` keeps printing while it runs.
     Logs(status::LogsArgs),
+    /// (Run by daemon agents inside a task's process) prepare a run's workspace, then run the task.
+    #[command(hide = true)]
+    PrepareWorkspace(agent::PrepareArgs),
     /// Tokens for the coordinator's --auth-file: `new`.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -125,6 +128,7 @@ async fn dispatch(command: Command) -> Result<u8, CliError> {
         Command::Simulate(args) => simulate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::PrepareWorkspace(args) => agent::prepare(args),
         Command::Status(args) => status::status(args).await,
         Command::Logs(args) => status::logs(args).await,
     }

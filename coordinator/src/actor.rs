@@ -52,6 +52,8 @@ pub struct Actor {
     cache_url: String,
     /// Traces of runs, when an OTLP endpoint is configured.
     tracer: Option<RunTracer>,
+    /// The coordinator's launch templates, for daemon agents (in their Welcome).
+    launch_templates: String,
 }
 
 /// Commands handled before one commit at most (group commit).
@@ -296,8 +298,12 @@ impl Actor {
 
     fn send(&self, action: Action) {
         if let Some((agent, mut msg)) = convert::to_agent(action) {
-            if let pb::coordinator_message::Msg::Lease(lease) = &mut msg {
-                self.lease_env(lease);
+            match &mut msg {
+                pb::coordinator_message::Msg::Lease(lease) => self.lease_env(lease),
+                pb::coordinator_message::Msg::Welcome(w) => {
+                    w.launch_templates.clone_from(&self.launch_templates);
+                }
+                _ => {}
             }
             self.conns.send(agent, msg);
         }

@@ -35,6 +35,8 @@ pub struct CoordinatorConfig {
     pub tls: Option<TlsConfig>,
     /// Send traces (a run a trace, a task attempt a span) to this OTLP/HTTP endpoint.
     pub otlp_endpoint: Option<String>,
+    /// Launch templates (Nx's `.nx/workflows` format) for repositories that have none.
+    pub launch_templates: Option<PathBuf>,
 }
 
 impl CoordinatorConfig {
@@ -54,6 +56,7 @@ impl CoordinatorConfig {
             insecure_no_auth: false,
             tls: None,
             otlp_endpoint: None,
+            launch_templates: None,
         }
     }
 }

@@ -31,6 +31,7 @@ pub fn hello(h: pb::Hello) -> Hello {
         ci_execution_id: (!h.ci_execution_id.is_empty()).then_some(h.ci_execution_id),
         version: h.version,
         attempt: h.attempt,
+        repositories: h.repositories,
     }
 }
 
@@ -116,6 +117,7 @@ fn welcome_to_proto(w: Welcome) -> pb::Welcome {
         agent_id: w.agent.to_string(),
         heartbeat_interval_ms: w.heartbeat_interval.as_millis() as u64,
         lease_timeout_ms: w.lease_timeout.as_millis() as u64,
+        launch_templates: String::new(),
     }
 }
 
@@ -136,6 +138,8 @@ pub fn run_request(req: pb::StartRunRequest) -> RunRequest {
         cache_namespace: (!req.cache_namespace.is_empty()).then_some(req.cache_namespace),
         started_by: req.started_by,
         traceparent: req.traceparent,
+        repository: req.repository,
+        commit: req.commit,
     }
 }
 
@@ -156,6 +160,8 @@ pub fn run_request_to_proto(req: &RunRequest) -> pb::StartRunRequest {
         cache_namespace: req.cache_namespace.clone().unwrap_or_default(),
         started_by: req.started_by.clone(),
         traceparent: req.traceparent.clone(),
+        repository: req.repository.clone(),
+        commit: req.commit.clone(),
     }
 }
 
@@ -230,6 +236,8 @@ pub fn lease_to_proto(g: LeaseGrant) -> pb::Lease {
         env: g.env.into_iter().collect(),
         timeout_ms: g.timeout.map_or(0, |d| d.as_millis() as u64),
         attempt: g.attempt,
+        repository: g.repository,
+        commit: g.commit,
     }
 }
 

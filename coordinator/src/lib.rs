@@ -95,6 +95,18 @@ impl Coordinator {
         };
         let metrics = Arc::new(Metrics::new(Some(cache.counters())));
         let cache_url = cache::public_url(&config.cache, http_addr, tls.is_some());
+        let launch_templates = match &config.launch_templates {
+            None => String::new(),
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| CoordError::Auth(format!("--launch-templates {shown}: {e}")))?;
+                let parsed = drover_scheduler::launch::LaunchTemplates::parse(&shown, &text)
+                    .map_err(CoordError::Auth)?;
+                tracing::info!(templates = parsed.templates.len(), file = %shown, "launch templates for repositories that have none");
+                text
+            }
+        };
         let tracer = match &config.otlp_endpoint {
             Some(endpoint) => {
                 let t = otel::RunTracer::otlp(endpoint).map_err(CoordError::Auth)?;
@@ -112,6 +124,7 @@ impl Coordinator {
             cache_url,
             tracer,
         )?;
+        let actor = actor.with_launch_templates(launch_templates);
         Ok(Coordinator {
             grpc,
             http,

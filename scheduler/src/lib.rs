@@ -11,6 +11,7 @@ pub mod duration;
 pub mod estimate;
 pub mod fleet;
 pub mod graph;
+pub mod launch;
 pub mod rules;
 pub mod sim;
 pub mod state;

@@ -29,6 +29,7 @@ fn config(url: &str) -> AgentConfig {
         token: None,
         tls: Default::default(),
         attempt: 0,
+        workspaces: None,
     }
 }
 
@@ -363,6 +364,7 @@ async fn an_unreachable_coordinator_is_an_error_after_the_connect_timeout() {
         token: None,
         tls: Default::default(),
         attempt: 0,
+        workspaces: None,
         ..config(&url)
     });
     let error = exit_of(agent).await.expect_err("nobody listens");

@@ -36,6 +36,81 @@ pub struct AgentArgs {
     /// Give up when the coordinator cannot be reached for this long.
     #[arg(long, env = "DROVER_CONNECT_TIMEOUT", default_value_t = Human(AgentConfig::DEFAULT_CONNECT_TIMEOUT))]
     pub connect_timeout: Human,
+    /// Daemon agents: keep a workspace per repository here; each run's tasks run in its
+    /// repository at its commit, after the launch template's init steps.
+    #[arg(long, env = "DROVER_WORKSPACES_DIR", requires = "daemon")]
+    pub workspaces_dir: Option<PathBuf>,
+    /// Paths `git clean` keeps in a workspace between runs.
+    #[arg(
+        long,
+        env = "DROVER_WORKSPACE_KEEP",
+        value_delimiter = ',',
+        default_value = "node_modules"
+    )]
+    pub keep: Vec<String>,
+    /// Launch templates (Nx's .nx/workflows format) for repositories that have none (before
+    /// the coordinator's).
+    #[arg(long, env = "DROVER_LAUNCH_TEMPLATES")]
+    pub launch_templates: Option<PathBuf>,
+}
+
+/// `drover prepare-workspace` (run by daemon agents inside a task's process, not by people):
+/// prepares the run's workspace, then becomes the task.
+#[derive(Args, Debug)]
+pub struct PrepareArgs {
+    #[arg(long)]
+    pub workspaces: PathBuf,
+    #[arg(long)]
+    pub repository: String,
+    #[arg(long)]
+    pub commit: String,
+    #[arg(long)]
+    pub run: String,
+    #[arg(long)]
+    pub tree: u32,
+    #[arg(long)]
+    pub launch_template: String,
+    #[arg(long)]
+    pub fallback_templates: Vec<PathBuf>,
+    #[arg(long)]
+    pub keep: Vec<String>,
+    /// The task's command.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Prepares the workspace and turns into the task (same process, same group); on failure
+/// prints why and exits 1, which fails the task with that output.
+pub fn prepare(args: PrepareArgs) -> Result<u8, CliError> {
+    use std::os::unix::process::CommandExt;
+    let prepare = drover_agent::Prepare {
+        workspaces: args.workspaces,
+        repository: args.repository,
+        commit: args.commit,
+        run: args.run,
+        tree: args.tree,
+        launch_template: args.launch_template,
+        fallbacks: args.fallback_templates,
+        keep: args.keep,
+    };
+    match prepare.run() {
+        Ok(ready) => {
+            let (program, rest) = args.command.split_first().expect("clap requires a command");
+            let error = std::process::Command::new(program)
+                .args(rest)
+                .current_dir(&ready.dir)
+                .envs(&ready.env)
+                .exec();
+            Err(CliError::Io(format!(
+                "cannot start the task in {}: {error}",
+                ready.dir.display()
+            )))
+        }
+        Err(why) => {
+            eprintln!("drover: {why}");
+            Ok(1)
+        }
+    }
 }
 
 pub async fn run(args: AgentArgs) -> Result<u8, CliError> {
@@ -69,6 +144,16 @@ pub async fn run(args: AgentArgs) -> Result<u8, CliError> {
         slots: args.slots,
         ci_execution_id,
         workdir: args.workdir,
+        workspaces: match (&args.workspaces_dir, args.daemon) {
+            (Some(dir), true) => Some(drover_agent::WorkspacesConfig {
+                dir: dir.clone(),
+                keep: args.keep.clone(),
+                launch_templates: args.launch_templates.clone(),
+                exe: std::env::current_exe()
+                    .map_err(|e| CliError::Io(format!("cannot find the drover binary: {e}")))?,
+            }),
+            _ => None,
+        },
         drain_timeout: args.drain_timeout.0,
         connect_timeout: args.connect_timeout.0,
         attempt: if args.daemon {

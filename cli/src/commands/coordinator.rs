@@ -65,6 +65,10 @@ pub struct CoordinatorArgs {
     /// Mutual TLS: gRPC clients (agents) must present a certificate signed by this CA (PEM).
     #[arg(long, env = "DROVER_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Launch templates (Nx's .nx/workflows format) that daemon agents use for repositories
+    /// that have none of their own.
+    #[arg(long, env = "DROVER_LAUNCH_TEMPLATES")]
+    pub launch_templates: Option<PathBuf>,
     /// Send traces to this OTLP/HTTP endpoint (e.g. http://collector:4318): a run is a
     /// trace, each task attempt a span.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -159,6 +163,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     config.cache = args.cache.config();
     config.auth_file = args.auth_file;
     config.insecure_no_auth = args.insecure_no_auth;
+    config.launch_templates = args.launch_templates;
     config.otlp_endpoint = args.otlp_endpoint.filter(|e| !e.trim().is_empty());
     config.tls = args
         .tls_cert

@@ -83,6 +83,7 @@ async fn demo(dir: &std::path::Path, stream_output: bool) -> Result<u8, CliError
             token: None,
             tls: Default::default(),
             attempt: 1,
+            workspaces: None,
         };
         agents.push(tokio::spawn(drover_agent::run(config, Shutdown::never())));
     }

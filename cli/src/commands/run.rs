@@ -40,6 +40,12 @@ pub struct StartArgs {
     /// Timeout for tasks that give none, e.g. 30m.
     #[arg(long)]
     pub default_timeout: Option<Human>,
+    /// The repository daemon agents fetch for this run (default: `git remote get-url origin`).
+    #[arg(long, env = "DROVER_REPOSITORY")]
+    pub repository: Option<String>,
+    /// The commit daemon agents check out (default: `git rev-parse HEAD`).
+    #[arg(long, env = "DROVER_COMMIT")]
+    pub commit: Option<String>,
     /// Ties the main job to its agents (default: DROVER_CI_EXECUTION_ID, NX_CI_EXECUTION_ID,
     /// or the CI provider's run id).
     #[arg(long)]
@@ -111,6 +117,16 @@ pub async fn start(args: StartArgs) -> Result<u8, CliError> {
         default_timeout_ms: args.default_timeout.map_or(0, |d| d.0.as_millis() as u64),
         // The CI pipeline's trace, when it has one: the run's trace becomes its child.
         traceparent: std::env::var("TRACEPARENT").unwrap_or_default(),
+        repository: args
+            .repository
+            .clone()
+            .or_else(|| git_output(&["remote", "get-url", "origin"]))
+            .unwrap_or_default(),
+        commit: args
+            .commit
+            .clone()
+            .or_else(|| git_output(&["rev-parse", "HEAD"]))
+            .unwrap_or_default(),
         ..Default::default()
     };
     let mut client = RunServiceClient::new(connect(&args.coordinator)?);
@@ -141,6 +157,17 @@ pub async fn start(args: StartArgs) -> Result<u8, CliError> {
     );
     out!("{}", response.run_id);
     Ok(0)
+}
+
+/// What a git command prints, when it works (the main job's checkout).
+fn git_output(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
 }
 
 #[derive(Args, Debug)]

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::commands::rules::load_rules;
 use crate::error::CliError;
+use crate::human::Human;
 
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
@@ -49,6 +50,13 @@ pub struct SimulateArgs {
     /// one file per fleet: FILE with `-1`, `-2`, ... before the extension.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Workspaces: an agent's first task of the run also prepares its workspace, taking this
+    /// much longer (cloning, init steps), unless the agent holds the repository already.
+    #[arg(long)]
+    pub cold_start: Option<Human>,
+    /// With --cold-start: how many agents (the last of the fleet) hold the repository already.
+    #[arg(long, default_value_t = 0, requires = "cold_start")]
+    pub warm_agents: usize,
 }
 
 fn read(path: &Path) -> Result<String, CliError> {
@@ -115,6 +123,10 @@ pub fn run(args: SimulateArgs) -> Result<u8, CliError> {
             fleet,
             policy,
             estimates: None,
+            cold_start: args.cold_start.map(|c| sim::ColdStart {
+                penalty: c.0,
+                warm_agents: args.warm_agents,
+            }),
         };
         let outcome = sim::simulate(&setup)
             .map_err(|e| CliError::Input(format!("{graph_path} on `{fleet}`: {e}")))?;
@@ -188,6 +200,7 @@ pub fn outcome_json(o: &Outcome) -> serde_json::Value {
         "makespan_ms": o.makespan.as_millis() as u64,
         "lower_bound_ms": o.lower_bound.as_millis() as u64,
         "utilization": (o.utilization * 10_000.0).round() / 10_000.0,
+        "cold_starts": o.cold_starts,
         "schedule": o.schedule,
     })
 }

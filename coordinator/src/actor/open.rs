@@ -98,8 +98,15 @@ impl Actor {
             auth,
             cache_url,
             tracer,
+            launch_templates: String::new(),
         };
         actor.note_end_times();
         Ok((actor, Handle { tx }))
+    }
+
+    /// The launch templates agents get in their Welcome (`--launch-templates`, as written).
+    pub fn with_launch_templates(mut self, text: String) -> Self {
+        self.launch_templates = text;
+        self
     }
 }

@@ -397,6 +397,8 @@ mod tests {
                 env: Default::default(),
                 timeout: None,
                 attempt: 1,
+                repository: String::new(),
+                commit: String::new(),
             },
         });
         m.observe(&Action::Run {

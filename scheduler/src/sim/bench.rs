@@ -277,6 +277,7 @@ fn run_case(case: &Case, options: &Options) -> Result<CaseResult, BenchError> {
             fleet: &case.fleet,
             policy,
             estimates: None,
+            cold_start: None,
         };
         simulate(&setup)
             .map(|o| o.makespan.as_millis() as u64)

@@ -69,8 +69,7 @@ impl DecisionBench {
                 slots: 2,
                 ci_execution_id: None,
                 held: Vec::new(),
-                version: String::new(),
-                attempt: 0,
+                ..Hello::default()
             };
             let outcome = sched.handle(zero, Event::Hello(hello));
             outcome.reply.expect("a valid agent");

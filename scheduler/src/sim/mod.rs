@@ -43,6 +43,16 @@ pub struct Setup<'a> {
     pub policy: Policy,
     /// History the scheduler starts with (what a coordinator would have learned); empty if none.
     pub estimates: Option<Estimates>,
+    /// Workspaces: an agent that does not hold the run's repository yet pays this on its
+    /// first task (cloning, init steps); the fleet's last `warm_agents` agents hold it already.
+    pub cold_start: Option<ColdStart>,
+}
+
+/// What preparing a workspace costs, and how many agents have one already.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ColdStart {
+    pub penalty: Duration,
+    pub warm_agents: usize,
 }
 
 /// One task on one slot.
@@ -83,6 +93,8 @@ pub struct Outcome {
     pub agents: Vec<SimAgent>,
     /// In start order.
     pub schedule: Vec<Placement>,
+    /// First tasks on agents that had to prepare the workspace (with `cold_start`).
+    pub cold_starts: usize,
 }
 
 /// Why a simulation could not finish.
@@ -186,11 +198,22 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
         sched.set_estimates(est.clone());
     }
     let zero = Duration::ZERO;
+    let repository = if setup.cold_start.is_some() {
+        "simulated-repository"
+    } else {
+        ""
+    };
     let spec = RunSpec {
         ci_execution_id: "simulation".into(),
         rules: setup.rules.clone(),
+        repository: repository.into(),
         ..RunSpec::default()
     };
+    let cold = setup.cold_start.unwrap_or_default();
+    // The fleet's last `warm_agents` agents hold the repository already.
+    let first_warm = agents.len().saturating_sub(cold.warm_agents);
+    let mut warm: Vec<bool> = (0..agents.len()).map(|k| k >= first_warm).collect();
+    let mut cold_starts = 0;
     let mut actions = Vec::new();
     let send = |sched: &mut Scheduler, actions: &mut Vec<Action>, event: Event| {
         let outcome = sched.handle(zero, event);
@@ -207,15 +230,20 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
     };
     let mut by_id: HashMap<AgentId, usize> = HashMap::new();
     for (k, a) in agents.iter().enumerate() {
+        let repositories = if setup.cold_start.is_some() && warm[k] {
+            vec![repository.to_string()]
+        } else {
+            Vec::new()
+        };
         let hello = Hello {
+            repositories,
             name: a.name.clone(),
             instance_id: "sim".into(),
             launch_template: a.template.clone(),
             slots: a.slots,
             ci_execution_id: None,
             held: Vec::new(),
-            version: String::new(),
-            attempt: 0,
+            ..Hello::default()
         };
         if let Reply::Agent(id) = send(&mut sched, &mut actions, Event::Hello(hello))? {
             by_id.insert(id, k);
@@ -252,7 +280,12 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
                     let k = by_id[&agent];
                     let slot = busy[k].iter().position(|b| !b).unwrap_or(0);
                     busy[k][slot] = true;
-                    let took = truth.get(grant.task_id.as_str()).copied().unwrap_or(zero);
+                    let mut took = truth.get(grant.task_id.as_str()).copied().unwrap_or(zero);
+                    if setup.cold_start.is_some() && !warm[k] {
+                        warm[k] = true;
+                        cold_starts += 1;
+                        took += cold.penalty;
+                    }
                     pending.push(Reverse((
                         now + took,
                         grant.lease.0,
@@ -338,6 +371,7 @@ pub fn simulate(setup: &Setup) -> Result<Outcome, SimError> {
         utilization,
         agents,
         schedule,
+        cold_starts,
     })
 }
 

@@ -42,6 +42,13 @@ pub fn text(outcome: &Outcome) -> String {
         outcome.schedule.len(),
         outcome.agents.len(),
     );
+    if outcome.cold_starts > 0 {
+        let _ = writeln!(
+            out,
+            "{} agent(s) prepared a workspace first (cold start); the others held it",
+            outcome.cold_starts
+        );
+    }
     let name_width = outcome
         .agents
         .iter()

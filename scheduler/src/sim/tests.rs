@@ -42,6 +42,7 @@ fn sim(
         fleet: &fleet,
         policy,
         estimates: None,
+        cold_start: None,
     })
     .unwrap()
 }
@@ -206,6 +207,7 @@ fn a_task_no_agent_type_may_run_is_an_error_up_front() {
         fleet: &fleet,
         policy: Policy::CriticalPath,
         estimates: None,
+        cold_start: None,
     })
     .unwrap_err();
     assert!(
@@ -384,4 +386,33 @@ fn the_simulator_drives_the_coordinators_scheduler() {
     let simulated: Vec<String> = o.schedule[..4].iter().map(|p| p.task.clone()).collect();
     assert_eq!(first, simulated);
     assert_eq!(o.makespan, secs(6));
+}
+
+#[test]
+fn given_the_choice_work_goes_to_an_agent_that_holds_the_repository() {
+    let tasks = vec![task("a:build", &[])];
+    let durations: HashMap<String, Duration> = [("a:build".to_string(), secs(10))].into();
+    let fleet = FleetSpec::parse("2 linux:1").unwrap();
+    let run = |warm_agents| {
+        simulate(&Setup {
+            tasks: &tasks,
+            durations: &durations,
+            rules: &RuleSet::default(),
+            fleet: &fleet,
+            policy: Policy::CriticalPath,
+            estimates: None,
+            cold_start: Some(ColdStart {
+                penalty: secs(60),
+                warm_agents,
+            }),
+        })
+        .unwrap()
+    };
+    // The second agent holds the repository: it gets the task, though the first is
+    // listed first, and nothing is prepared.
+    let warm = run(1);
+    assert_eq!(warm.schedule[0].agent, warm.agents[1].name);
+    assert_eq!((warm.cold_starts, warm.makespan), (0, secs(10)));
+    let cold = run(0);
+    assert_eq!((cold.cold_starts, cold.makespan), (1, secs(70)));
 }

@@ -32,6 +32,9 @@ pub(crate) struct Agent {
     pub slots: u32,
     pub ci_execution_id: Option<String>,
     pub version: String,
+    /// Repositories it holds a workspace of (it said so, or it was leased a task of a run of
+    /// one): given the choice, their runs' work goes to it.
+    pub repositories: std::collections::BTreeSet<String>,
     pub presence: Presence,
     pub draining: bool,
     /// Told to stop: its run is over.
@@ -56,6 +59,7 @@ impl Agent {
             slots: who.slots,
             ci_execution_id: who.ci_execution_id,
             version: String::new(),
+            repositories: Default::default(),
             presence,
             draining: false,
             stopped: false,

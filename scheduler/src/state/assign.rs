@@ -41,11 +41,22 @@ impl Scheduler {
         idle_and_unserved: &mut Vec<(String, Option<String>)>,
     ) -> bool {
         let mut candidates: Vec<AgentId> = self.agents.maybe_free().collect();
+        // Warm workspaces: when the load is equal, an agent that holds the repository of a
+        // run with work waiting goes first (it need not clone and prepare).
+        let wanted: Vec<&str> = self
+            .runs
+            .iter()
+            .filter(|r| r.ready_count() > 0 && !r.spec.repository.is_empty())
+            .map(|r| r.spec.repository.as_str())
+            .collect();
         candidates.sort_by_key(|&id| {
-            let load = self.agents.get(id).map_or(u64::MAX, |a| {
+            let agent = self.agents.get(id);
+            let load = agent.map_or(u64::MAX, |a| {
                 u64::from(a.running()) * 1_000_000 / u64::from(a.slots.max(1))
             });
-            (load, id)
+            let cold = !wanted.is_empty()
+                && agent.is_none_or(|a| !wanted.iter().any(|w| a.repositories.contains(*w)));
+            (load, cold, id)
         });
         // Launch templates with a free slot now, and how many free agents each has.
         // (With one free agent there is no other template to leave work to.)
@@ -298,6 +309,9 @@ impl Scheduler {
             run.waiting_reported.remove(&t.class);
         }
         agent.take_slot(lease_id, (r, t.class), t.spec.cache);
+        if !run.spec.repository.is_empty() && !agent.repositories.contains(&run.spec.repository) {
+            agent.repositories.insert(run.spec.repository.clone());
+        }
         let mut env = run.spec.env.clone();
         env.extend(t.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let grant = LeaseGrant {
@@ -309,6 +323,8 @@ impl Scheduler {
             env,
             timeout: t.spec.timeout.or(run.spec.default_timeout),
             attempt: t.attempts,
+            repository: run.spec.repository.clone(),
+            commit: run.spec.commit.clone(),
         };
         let event = RunEvent::TaskStarted {
             task: t.spec.id.clone(),

@@ -88,6 +88,7 @@ impl Scheduler {
         let version = hello.version.clone();
         let mut agent = Agent::new(who, Presence::Live, now);
         agent.version = version;
+        agent.repositories = hello.repositories.iter().cloned().collect();
         self.agents.insert(agent);
         for held in &hello.held {
             self.actions.push(Action::Cancel {
@@ -109,6 +110,9 @@ impl Scheduler {
         agent.draining = false;
         agent.slots = hello.slots;
         agent.version = hello.version.clone();
+        agent
+            .repositories
+            .extend(hello.repositories.iter().cloned());
         let ours = agent.leases().to_vec();
         let name = agent.name.clone();
         for held in &hello.held {

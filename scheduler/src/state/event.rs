@@ -135,6 +135,8 @@ pub struct RunRequest {
     pub started_by: String,
     /// The CI pipeline's W3C trace context, for the owner's tracing (the scheduler ignores it).
     pub traceparent: String,
+    pub repository: String,
+    pub commit: String,
 }
 
 impl RunSpec {
@@ -172,6 +174,8 @@ impl RunSpec {
             default_timeout: req.default_timeout,
             cache_namespace: req.cache_namespace.clone(),
             started_by: req.started_by.clone(),
+            repository: req.repository.clone(),
+            commit: req.commit.clone(),
         })
     }
 }

@@ -361,8 +361,7 @@ mod tests {
             slots: 1,
             ci_execution_id: None,
             held,
-            version: String::new(),
-            attempt: 0,
+            ..Hello::default()
         }
     }
 

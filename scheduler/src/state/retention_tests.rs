@@ -65,8 +65,7 @@ impl Harness {
             slots,
             ci_execution_id: exec.map(str::to_string),
             held: vec![],
-            version: String::new(),
-            attempt: 0,
+            ..Hello::default()
         };
         let id = self.s.agent_connected(self.now, hello).unwrap();
         self.drain();

@@ -137,8 +137,7 @@ fn hello(name: &str, template: &str, slots: u32, exec: Option<&str>, held: Vec<H
         slots,
         ci_execution_id: exec.map(str::to_string),
         held,
-        version: String::new(),
-        attempt: 0,
+        ..Hello::default()
     }
 }
 

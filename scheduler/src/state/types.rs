@@ -53,6 +53,8 @@ pub struct Hello {
     /// A CI agent's run attempt (0: not known); one of another attempt than its run's is
     /// refused (see [`RERUN_MESSAGE`]).
     pub attempt: u32,
+    /// Repositories the agent holds a workspace of.
+    pub repositories: Vec<String>,
 }
 
 /// What a CI agent, and the main job, of a pipeline that was re-run only in part are told.
@@ -86,6 +88,9 @@ pub struct RunSpec {
     pub cache_namespace: Option<String>,
     /// Who started the run (the token's name), for operators and audit.
     pub started_by: String,
+    /// The repository and commit the run builds (empty: the agents' own checkouts).
+    pub repository: String,
+    pub commit: String,
 }
 
 /// A lease as sent to an agent.
@@ -100,6 +105,9 @@ pub struct LeaseGrant {
     pub timeout: Option<Duration>,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// The run's repository and commit.
+    pub repository: String,
+    pub commit: String,
 }
 
 /// How one attempt ended, as the agent reports it.
