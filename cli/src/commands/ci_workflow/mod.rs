@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use drover_scheduler::fleet::{AgentGroup, FleetSpec};
 
+use super::nx::shell_word;
 use crate::error::CliError;
 
 /// `writeln!` into a `String`, which cannot fail (defined before the provider modules, which
@@ -172,7 +173,7 @@ impl Pipeline {
     fn start_command(&self) -> String {
         let mut command = format!(
             "drover start-ci-run --distribute-on {}",
-            shell_quote(&self.fleet.to_string())
+            shell_word(&self.fleet.to_string())
         );
         if self.nx {
             command.push_str(" --stop-agents-after ");
@@ -296,7 +297,7 @@ fn command_line(args: &CiWorkflowArgs) -> String {
     ];
     if let Some(spec) = &args.agents {
         words.push("--agents".into());
-        words.push(shell_quote(
+        words.push(shell_word(
             &spec.split_whitespace().collect::<Vec<_>>().join(" "),
         ));
     }
@@ -305,35 +306,19 @@ fn command_line(args: &CiWorkflowArgs) -> String {
     }
     if let Some(url) = &args.coordinator {
         words.push("--coordinator".into());
-        words.push(shell_quote(url));
+        words.push(shell_word(url));
     }
     if let Some(url) = &args.cache_server {
         words.push("--cache-server".into());
-        words.push(shell_quote(url));
+        words.push(shell_word(url));
     }
     if let Some(path) = &args.output {
         words.push("--output".into());
-        words.push(shell_quote(&path.display().to_string()));
+        // A control character (a newline) would end the header's comment line.
+        let shown = path.display().to_string().replace(char::is_control, "?");
+        words.push(shell_word(&shown));
     }
     words.join(" ")
-}
-
-/// A word as a POSIX shell reads it back: as it is when it is plain, else in single quotes.
-/// Control characters (a newline would end a YAML comment) are shown as `?`.
-fn shell_quote(word: &str) -> String {
-    let word: String = word
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c));
-    if plain {
-        word
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 /// A YAML scalar that reads back as the string `text` (a checked template name or number):
