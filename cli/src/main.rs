@@ -23,7 +23,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    agent, bench, cache, coordinator, demo, exec, nx, rules, run, simulate, status, token,
+    agent, bench, cache, ci_workflow, coordinator, demo, exec, nx, rules, run, simulate, status,
+    token,
 };
 use error::CliError;
 
@@ -79,6 +80,8 @@ enum Command {
     /// Tokens for the coordinator's --auth-file: `new`.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Write a CI pipeline (main job and agent jobs) that runs on Drover
+    CiWorkflow(ci_workflow::CiWorkflowArgs),
 }
 
 fn main() -> ExitCode {
@@ -129,6 +132,7 @@ async fn dispatch(command: Command) -> Result<u8, CliError> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::PrepareWorkspace(args) => agent::prepare(args),
+        Command::CiWorkflow(args) => ci_workflow::run(args),
         Command::Status(args) => status::status(args).await,
         Command::Logs(args) => status::logs(args).await,
     }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bench;
 pub mod cache;
+pub mod ci_workflow;
 pub mod coordinator;
 pub mod demo;
 pub mod exec;

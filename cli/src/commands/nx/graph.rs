@@ -288,7 +288,7 @@ pub(super) fn restorable_tasks(
 }
 
 /// A word for `sh -c`, quoted where it needs to be.
-pub(super) fn shell_word(word: &str) -> String {
+pub(crate) fn shell_word(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=,@+%".contains(c);
     if !word.is_empty() && word.chars().all(plain) {
         word.to_string()

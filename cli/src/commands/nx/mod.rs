@@ -27,6 +27,7 @@ mod replay;
 mod tests;
 
 pub use env::forwarded_nx_env;
+pub(crate) use graph::shell_word;
 
 #[derive(Args, Debug)]
 pub struct NxArgs {
