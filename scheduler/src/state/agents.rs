@@ -11,15 +11,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use super::agent::Agent;
+use super::free::{FreeIndex, FreeOrder};
 use super::types::AgentId;
 
 #[derive(Debug, Default)]
 pub(crate) struct Agents {
     by_id: BTreeMap<AgentId, Agent>,
     identities: HashMap<(String, String), AgentId>,
+    /// Agents by name (a restarted agent process comes back under its name).
+    names: HashMap<String, Vec<AgentId>>,
     next_id: u64,
-    /// Agents that may have a free slot (a superset, cleaned as assignment meets them).
-    free: BTreeSet<AgentId>,
+    /// Agents with a free slot, by load (see [`FreeIndex`]).
+    free: FreeIndex,
     deadlines: BTreeSet<(Duration, AgentId)>,
     /// Each agent's entry in `deadlines`.
     entry: HashMap<AgentId, Duration>,
@@ -53,6 +56,11 @@ impl Agents {
         self.by_id.values_mut()
     }
 
+    /// The agents with this name.
+    pub fn named(&self, name: &str) -> &[AgentId] {
+        self.names.get(name).map_or(&[], Vec::as_slice)
+    }
+
     /// The agent process with this name and instance id, if it is known.
     pub fn find(&self, name: &str, instance_id: &str) -> Option<AgentId> {
         self.identities
@@ -81,6 +89,8 @@ impl Agents {
         let id = agent.id;
         self.identities
             .insert((agent.name.clone(), agent.instance_id.clone()), id);
+        self.names.entry(agent.name.clone()).or_default().push(id);
+        self.free.refresh(&agent);
         let old = self.by_id.insert(id, agent);
         debug_assert!(old.is_none(), "agent {id} inserted twice");
     }
@@ -89,26 +99,51 @@ impl Agents {
         let agent = self.by_id.remove(&id)?;
         self.identities
             .remove(&(agent.name.clone(), agent.instance_id.clone()));
-        self.free.remove(&id);
+        if let Some(ids) = self.names.get_mut(&agent.name) {
+            ids.retain(|&a| a != id);
+            if ids.is_empty() {
+                self.names.remove(&agent.name);
+            }
+        }
+        self.free.remove(id);
         if let Some(at) = self.entry.remove(&id) {
             self.deadlines.remove(&(at, id));
         }
         Some(agent)
     }
 
-    /// The agent may be able to take work now (it connected, or a lease of it ended).
-    pub fn may_take(&mut self, id: AgentId) {
-        self.free.insert(id);
+    /// Brings the free index up to date with the agent: after anything that changes its
+    /// slots, leases, liveness, drain or stop, or the repositories it holds.
+    pub fn refresh(&mut self, id: AgentId) {
+        match self.by_id.get(&id) {
+            Some(agent) => self.free.refresh(agent),
+            None => self.free.remove(id),
+        }
     }
 
-    /// Agents that may have a free slot, by id.
-    pub fn maybe_free(&self) -> impl Iterator<Item = AgentId> + '_ {
-        self.free.iter().copied()
+    pub fn free_count(&self) -> usize {
+        self.free.len()
     }
 
-    /// The agent turned out to have no free slot.
-    pub fn not_free(&mut self, id: AgentId) {
-        self.free.remove(&id);
+    /// Launch templates with a free agent, and how many free agents each has.
+    pub fn free_templates(&self) -> Vec<(String, usize)> {
+        self.free.templates()
+    }
+
+    /// A pass over the free agents, least loaded first (see [`FreeOrder`]).
+    pub fn free_order(&self, wanted: Vec<String>) -> FreeOrder {
+        FreeOrder::new(wanted)
+    }
+
+    /// The next agent of a pass.
+    pub fn next_free(&self, order: &mut FreeOrder) -> Option<AgentId> {
+        order.next(&self.free)
+    }
+
+    #[cfg(debug_assertions)]
+    /// Panics unless the free index matches the agents (debug builds check after assigning).
+    pub fn check_free(&self) {
+        self.free.check(self.by_id.values());
     }
 
     /// Makes sure the agent's deadline is in the set no later than `due`.

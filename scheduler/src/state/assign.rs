@@ -20,68 +20,43 @@ impl Scheduler {
         let mut idle_and_unserved: Vec<(String, Option<String>)> = Vec::new();
         while self.runs.ready_total() > 0 && self.assign_pass(now, &mut idle_and_unserved) {}
         #[cfg(debug_assertions)]
-        {
-            let free: std::collections::HashSet<AgentId> = self.agents.maybe_free().collect();
-            for a in self.agents.iter() {
-                debug_assert!(
-                    !a.can_take() || free.contains(&a.id),
-                    "agent {} has a free slot but is not in the free set",
-                    a.id
-                );
-            }
-        }
+        self.agents.check_free();
     }
 
     /// One pass of [`assign`](Self::assign): every free agent, least loaded first, may take one
     /// task. Returns whether another pass could grant more: an agent that took a task this pass
     /// still has room (agents that found nothing will not find more as the ready set shrinks).
+    ///
+    /// The free agents are walked through their index (see [`super::free`]), not sorted: a
+    /// pass that grants one task looks at one agent, however large the idle fleet.
     fn assign_pass(
         &mut self,
         now: Duration,
         idle_and_unserved: &mut Vec<(String, Option<String>)>,
     ) -> bool {
-        let mut candidates: Vec<AgentId> = self.agents.maybe_free().collect();
         // Warm workspaces: when the load is equal, an agent that holds the repository of a
         // run with work waiting goes first (it need not clone and prepare).
-        let wanted: Vec<&str> = self
+        let mut wanted: Vec<String> = self
             .runs
             .iter()
             .filter(|r| r.ready_count() > 0 && !r.spec.repository.is_empty())
-            .map(|r| r.spec.repository.as_str())
+            .map(|r| r.spec.repository.clone())
             .collect();
-        candidates.sort_by_key(|&id| {
-            let agent = self.agents.get(id);
-            let load = agent.map_or(u64::MAX, |a| {
-                u64::from(a.running()) * 1_000_000 / u64::from(a.slots.max(1))
-            });
-            let cold = !wanted.is_empty()
-                && agent.is_none_or(|a| !wanted.iter().any(|w| a.repositories.contains(*w)));
-            (load, cold, id)
-        });
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut order = self.agents.free_order(wanted);
         // Launch templates with a free slot now, and how many free agents each has.
         // (With one free agent there is no other template to leave work to.)
-        let mut free_templates: Vec<(String, usize)> = Vec::new();
-        if candidates.len() > 1 {
-            for &id in &candidates {
-                match self.agents.get(id) {
-                    Some(a) if a.can_take() => {
-                        match free_templates.iter_mut().find(|(t, _)| *t == a.template) {
-                            Some((_, n)) => *n += 1,
-                            None => free_templates.push((a.template.clone(), 1)),
-                        }
-                    }
-                    _ => self.agents.not_free(id),
-                }
-            }
-        }
+        let mut free_templates: Vec<(String, usize)> = if self.agents.free_count() > 1 {
+            self.agents.free_templates()
+        } else {
+            Vec::new()
+        };
         let mut again = false;
-        for id in candidates {
+        while let Some(id) = self.agents.next_free(&mut order) {
             let Some(agent) = self.agents.get(id) else {
                 continue;
             };
-            if !agent.can_take() {
-                continue;
-            }
             let idle = agent.running() == 0;
             let kind = idle.then(|| (agent.template.clone(), agent.ci_execution_id.clone()));
             if kind.as_ref().is_some_and(|k| idle_and_unserved.contains(k)) {
@@ -104,7 +79,6 @@ impl Scheduler {
                 {
                     entry.1 -= 1;
                 }
-                self.agents.not_free(id);
             } else if let Some(kind) = kind
                 && !granted
                 && !avoided
@@ -341,6 +315,7 @@ impl Scheduler {
             run_id: run.id.clone(),
             event,
         });
+        self.agents.refresh(agent_id);
     }
 
     /// Reports, once per class, ready tasks that no connected agent may run.

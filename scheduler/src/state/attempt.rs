@@ -145,7 +145,7 @@ impl Scheduler {
             .get_mut(lease.agent)
             .expect("a lease's agent is known");
         agent.release_slot(lease_id, lease.group, lease.cache);
-        self.agents.may_take(lease.agent);
+        self.agents.refresh(lease.agent);
         self.actions.push(Action::Released {
             agent: lease.agent,
             lease: lease_id,

@@ -57,7 +57,7 @@ impl Scheduler {
             self.stop_agent(id, reason);
         }
         self.runs.for_each_mut(|run| run.waiting_reported.clear());
-        self.agents.may_take(id);
+        self.agents.refresh(id);
         self.schedule_agent(id);
         Ok(id)
     }
@@ -67,9 +67,10 @@ impl Scheduler {
     fn attach(&mut self, now: Duration, hello: &Hello) -> AgentId {
         let stale: Vec<AgentId> = self
             .agents
+            .named(&hello.name)
             .iter()
-            .filter(|a| a.name == hello.name && !a.is_live())
-            .map(|a| a.id)
+            .copied()
+            .filter(|&id| self.agents.get(id).is_some_and(|a| !a.is_live()))
             .collect();
         for old in stale {
             let reason = format!("agent `{}` restarted", hello.name);
@@ -145,6 +146,7 @@ impl Scheduler {
             let reason = format!("agent `{}` shut down", a.name);
             self.revoke_all(agent, &Revoke::Returned(reason));
         }
+        self.agents.refresh(agent);
         self.schedule_agent(agent);
     }
 
@@ -154,6 +156,7 @@ impl Scheduler {
             a.draining = true;
             a.last_seen = now;
         }
+        self.agents.refresh(agent);
     }
 
     /// An operator drains the agent: like its own drain, but says nothing of its liveness.
@@ -161,12 +164,15 @@ impl Scheduler {
         if let Some(a) = self.agents.get_mut(agent) {
             a.draining = true;
         }
+        self.agents.refresh(agent);
     }
 
-    /// A heartbeat: the agent is alive and holds these leases.
-    pub(super) fn on_heartbeat(&mut self, now: Duration, agent: AgentId, held: &[Held]) {
+    /// A heartbeat: the agent is alive and holds these leases. Returns whether it changed
+    /// anything assignment depends on (the agent came back, a lease was taken back); most
+    /// heartbeats change nothing, and assignment need not look again.
+    pub(super) fn on_heartbeat(&mut self, now: Duration, agent: AgentId, held: &[Held]) -> bool {
         if !self.is_known(agent) {
-            return;
+            return false;
         }
         let a = self.agents.get_mut(agent).expect("known");
         a.last_seen = now;
@@ -179,7 +185,7 @@ impl Scheduler {
         let ours = a.leases().to_vec();
         let name = a.name.clone();
         if revived {
-            self.agents.may_take(agent);
+            self.agents.refresh(agent);
             self.schedule_agent(agent);
         }
         for h in held {
@@ -193,6 +199,7 @@ impl Scheduler {
         }
         // A lease the agent should have had for a while but does not report was lost on the way.
         let patience = self.config.heartbeat_interval * 2;
+        let mut changed = revived;
         for lease in ours {
             let lost = !held.iter().any(|h| h.lease == lease)
                 && self
@@ -204,8 +211,10 @@ impl Scheduler {
                     lease,
                     &Revoke::Returned(format!("agent `{name}` never received the lease")),
                 );
+                changed = true;
             }
         }
+        changed
     }
 
     /// Whether the scheduler knows this agent; a message from one it does not know (given up
@@ -252,5 +261,6 @@ impl Scheduler {
                 self.actions.push(Action::Stop { agent: id, reason });
             }
         }
+        self.agents.refresh(id);
     }
 }

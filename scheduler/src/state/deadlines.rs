@@ -60,6 +60,7 @@ impl Scheduler {
                 if let Some(a) = self.agents.get_mut(id) {
                     a.presence = Presence::Silent { since: now };
                 }
+                self.agents.refresh(id);
                 self.schedule_agent(id);
             } else {
                 let reason = format!(

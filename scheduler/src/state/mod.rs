@@ -16,6 +16,7 @@ mod bins;
 mod connect;
 mod deadlines;
 mod event;
+mod free;
 mod leases;
 mod ready;
 mod restore;
@@ -204,7 +205,9 @@ impl Scheduler {
         let reply = match event {
             Event::Hello(hello) => self.on_hello(now, hello).map(Reply::Agent),
             Event::Heartbeat { agent, held } => {
-                self.on_heartbeat(now, agent, &held);
+                if !self.on_heartbeat(now, agent, &held) {
+                    return Ok(Reply::Done);
+                }
                 Ok(Reply::Done)
             }
             Event::Started {
