@@ -23,8 +23,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    agent, bench, cache, ci_workflow, coordinator, demo, exec, nx, rules, run, simulate, status,
-    token,
+    agent, bench, cache, ci_workflow, coordinator, demo, exec, loadtest, nx, rules, run, simulate,
+    status, token,
 };
 use error::CliError;
 
@@ -70,6 +70,9 @@ enum Command {
     /// Benchmarks: `schedule` (policies on public DAG sets), `decision` (one scheduling decision).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Load-test a coordinator on this machine: simulated agents over real gRPC streams, a run
+    /// of no-op tasks; tasks/s, ready-to-lease latency, the coordinator's CPU and memory.
+    Loadtest(loadtest::LoadtestArgs),
     /// A run and its tasks: status, agent, duration, reason.
     Status(status::StatusArgs),
     /// A task's output; `--follow` keeps printing while it runs.
@@ -133,6 +136,7 @@ async fn dispatch(command: Command) -> Result<u8, CliError> {
         Command::Token(cmd) => token::run(cmd),
         Command::PrepareWorkspace(args) => agent::prepare(args),
         Command::CiWorkflow(args) => ci_workflow::run(args),
+        Command::Loadtest(args) => loadtest::run(args).await,
         Command::Status(args) => status::status(args).await,
         Command::Logs(args) => status::logs(args).await,
     }

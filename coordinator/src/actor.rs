@@ -1,14 +1,23 @@
 //! The one owner of scheduling state. Services send it [`Command`]s holding scheduler events;
 //! it feeds them to the scheduler with the current time, journals what the outcome changed
-//! (the store, the run logs, the metrics), commits, and only then carries the outcome out:
-//! messages to agent streams, events to watchers, replies to requests.
+//! (the store, the run logs, the metrics) and seals a batch for the commit thread. The
+//! scheduling loop runs on a thread of its own ([`Actor::spawn`]) and never waits for the disk.
+//!
+//! What waits for the disk is what someone could rely on: replies to requests and the
+//! `Stop` that ends a CI agent go out after the commit thread has written their batch, and
+//! watchers get events once it is durable. Leases, welcomes and cancels go to agents at
+//! once: a lease lost in a crash costs a re-run of its task, never a result. (Its agent
+//! reports it on reconnecting and is told to drop it; the results an agent sent stay
+//! unconfirmed until heartbeats follow them, and are sent again. Lease ids and fencing tokens
+//! skip ahead on a restart, see [`open`], so one sent before a crash is never issued again.)
 
 mod conns;
 mod handle;
 mod open;
 mod retention;
+mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,6 +54,14 @@ pub struct Actor {
     outbox: Vec<Action>,
     /// Answers to requests, sent once what they changed is stored.
     replies: Vec<(ReplyTx, Result<Reply, CoordError>)>,
+    /// Writes sealed batches and carries them out.
+    writer: writer::Writer,
+    /// The number of the next batch handed to the writer.
+    next_job: u64,
+    /// Runs whose logs recorded events in this batch.
+    recorded: Vec<String>,
+    /// Per batch not yet durable: how far each run's log may be published once it is.
+    unpublished: VecDeque<(u64, Vec<(String, usize)>)>,
     retention: Retention,
     /// Issues each lease's credential and voids it when the lease ends.
     auth: Arc<Auth>,
@@ -64,6 +81,36 @@ impl Actor {
         self.epoch.elapsed()
     }
 
+    /// Runs the scheduling loop on a thread of its own (with its own single-threaded
+    /// runtime, for its timers), so that it never waits behind the connections' tasks.
+    /// Resolves when the loop has ended and everything it handed out is on disk.
+    pub fn spawn(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> {
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("drover-scheduler".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(self.run(shutdown)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the scheduling thread's runtime")
+                    }
+                }
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = &spawned {
+            tracing::error!(error = %e, "cannot start the scheduling thread");
+        }
+        async move {
+            let _ = done.await;
+        }
+    }
+
     /// Runs until every [`Handle`] is dropped or `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         // The first sweep comes at once: runs that passed the retention while the coordinator
@@ -78,7 +125,7 @@ impl Actor {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
                         self.on(cmd);
-                        // Group commit: what queued up meanwhile goes into the same transaction.
+                        // Group commit: what queued up meanwhile goes into the same batch.
                         for _ in 0..MAX_BATCH {
                             let Ok(cmd) = self.rx.try_recv() else { break };
                             self.on(cmd);
@@ -90,13 +137,20 @@ impl Actor {
                     let _ = self.apply(Event::Tick);
                 }
                 _ = sweep.tick() => self.sweep_ended_runs(),
+                changed = self.writer.durable().changed() => {
+                    if changed.is_ok() {
+                        let durable = *self.writer.durable().borrow_and_update();
+                        self.publish(durable);
+                    }
+                    continue;
+                }
                 _ = &mut shutdown => break,
             }
             self.commit();
-            self.carry_out();
         }
         self.commit();
-        self.carry_out();
+        self.writer.finish();
+        self.publish(u64::MAX);
         self.durations.save(self.sched.estimates());
         if let Some(t) = &self.tracer {
             t.shutdown();
@@ -241,6 +295,9 @@ impl Actor {
                     };
                     let log = self.logs.entry(run_id.clone()).or_default();
                     let event = log.record(event, submissions.clone());
+                    if self.recorded.last() != Some(&run_id) {
+                        self.recorded.push(run_id.clone());
+                    }
                     self.store.event(&run_id, event, &submissions);
                 }
                 Action::Released { lease, .. } => self.auth.leases.revoke(lease),
@@ -257,47 +314,88 @@ impl Actor {
         }
     }
 
-    /// Writes what changed in one transaction, before anyone hears of it.
+    /// Seals what changed and hands it to the commit thread with what waits for it (the
+    /// replies and stops of this batch, and once it is durable the events it recorded);
+    /// sends the other messages to agents now.
     fn commit(&mut self) {
-        if self.store.is_dirty() {
-            let (store, sched) = (&mut self.store, &self.sched);
-            let started = Instant::now();
-            let result = blocking(|| store.commit(sched));
-            self.metrics.store_commit(started.elapsed());
-            self.metrics.set_store_writable(result.is_ok());
-            if let Err(e) = result {
-                tracing::error!(error = %e, "could not store the latest changes; a restart now would lose them");
+        let sealed = self.store.seal(&self.sched);
+        let mut messages = Vec::new();
+        let mut now = Vec::new();
+        for action in std::mem::take(&mut self.outbox) {
+            match action {
+                Action::Close { agent, reason } => {
+                    // Messages already handed over still go; the stream ends after them.
+                    tracing::info!(%agent, %reason, "closing the agent's stream");
+                    self.conns.close(agent);
+                }
+                Action::Stop { agent, ref reason } => {
+                    // A stopped CI agent exits: the results it reported must be stored first.
+                    tracing::info!(%agent, %reason, "stopping agent");
+                    self.message(action, &mut messages);
+                }
+                other => self.message(other, &mut now),
             }
+        }
+        for (agent, tx, msg) in now {
+            writer::deliver(agent, &tx, msg);
+        }
+        let replies = std::mem::take(&mut self.replies);
+        let mut recorded = std::mem::take(&mut self.recorded);
+        recorded.sort_unstable();
+        recorded.dedup();
+        let marks: Vec<(String, usize)> = recorded
+            .into_iter()
+            .filter_map(|id| {
+                let upto = self.logs.get(&id)?.recorded();
+                Some((id, upto))
+            })
+            .collect();
+        if sealed.is_some() || !messages.is_empty() || !replies.is_empty() || !marks.is_empty() {
+            let seq = self.next_job;
+            self.next_job += 1;
+            if !marks.is_empty() {
+                self.unpublished.push_back((seq, marks));
+            }
+            self.writer.submit(writer::Job {
+                seq,
+                sealed,
+                messages,
+                replies,
+            });
         }
         let now = self.now();
         self.durations.save_if_due(self.sched.estimates(), now);
     }
 
-    /// Carries out what is stored now: events to watchers, messages to agents, replies.
-    fn carry_out(&mut self) {
-        for log in self.logs.values_mut() {
-            log.publish();
-        }
-        for action in std::mem::take(&mut self.outbox) {
-            match action {
-                Action::Close { agent, reason } => {
-                    tracing::info!(%agent, %reason, "closing the agent's stream");
-                    self.conns.close(agent);
-                }
-                Action::Stop { agent, ref reason } => {
-                    tracing::info!(%agent, %reason, "stopping agent");
-                    self.send(action);
-                }
-                other => self.send(other),
+    /// Sends watchers the events of every batch up to `durable` (the commit thread's count).
+    fn publish(&mut self, durable: u64) {
+        while let Some((seq, _)) = self.unpublished.front() {
+            if *seq > durable {
+                break;
             }
-        }
-        for (reply, result) in self.replies.drain(..) {
-            let _ = reply.send(result);
+            let (_, marks) = self.unpublished.pop_front().expect("just seen");
+            for (run_id, upto) in marks {
+                if let Some(log) = self.logs.get_mut(&run_id) {
+                    log.publish_to(upto);
+                }
+            }
         }
     }
 
-    fn send(&self, action: Action) {
+    /// The agent's message for an action, with its stream, for the commit thread to send.
+    fn message(
+        &self,
+        action: Action,
+        out: &mut Vec<(
+            drover_scheduler::state::AgentId,
+            AgentTx,
+            pb::CoordinatorMessage,
+        )>,
+    ) {
         if let Some((agent, mut msg)) = convert::to_agent(action) {
+            let Some(tx) = self.conns.sender(agent) else {
+                return;
+            };
             match &mut msg {
                 pb::coordinator_message::Msg::Lease(lease) => self.lease_env(lease),
                 pb::coordinator_message::Msg::Welcome(w) => {
@@ -305,7 +403,7 @@ impl Actor {
                 }
                 _ => {}
             }
-            self.conns.send(agent, msg);
+            out.push((agent, tx, pb::CoordinatorMessage { msg: Some(msg) }));
         }
     }
 
@@ -336,15 +434,5 @@ impl Actor {
         lease
             .env
             .extend(env.into_iter().map(|(k, v)| (k.to_string(), v)));
-    }
-}
-
-/// Runs a blocking write (a disk flush) without stalling the runtime's other tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }

@@ -56,6 +56,22 @@ pub struct Coordinator {
     tls: Option<ServerTls>,
 }
 
+/// Connections a listener holds before they are accepted. A whole fleet reconnects at once
+/// after a coordinator restart; the kernel's default of 1,024 would turn much of it away for
+/// a retry a second later. (The kernel caps it at net.core.somaxconn.)
+const ACCEPT_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 fn bind_error(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> CoordError {
     move |source| CoordError::Bind {
         addr: addr.to_string(),
@@ -81,9 +97,7 @@ impl Coordinator {
         if auth.enabled() {
             tracing::info!("tokens are required (--auth-file)");
         }
-        let grpc = TcpListener::bind(config.listen)
-            .await
-            .map_err(bind_error(config.listen))?;
+        let grpc = listen(config.listen).map_err(bind_error(config.listen))?;
         let http = TcpListener::bind(config.http_listen)
             .await
             .map_err(bind_error(config.http_listen))?;
@@ -238,7 +252,7 @@ impl Coordinator {
         let reload = reload_on_sighup(auth, stopped(stop_rx.clone()));
         // The actor stops first: that ends every agent and watch stream, so the servers'
         // graceful shutdown does not wait on them.
-        let actor = self.actor.run(stopped(stop_rx));
+        let actor = self.actor.spawn(stopped(stop_rx));
         drop(self.handle);
         let trigger = async move {
             shutdown.await;

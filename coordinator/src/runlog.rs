@@ -92,8 +92,21 @@ impl RunLog {
     }
 
     /// Sends every recorded event not sent yet to the watchers that want it.
+    #[cfg(test)]
     pub fn publish(&mut self) {
-        while self.published < self.entries.len() {
+        self.publish_to(self.entries.len());
+    }
+
+    /// Events recorded so far (published or not).
+    pub fn recorded(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Sends the recorded events before index `upto` not sent yet to the watchers that want
+    /// them (the later ones are not stored yet).
+    pub fn publish_to(&mut self, upto: usize) {
+        let upto = upto.min(self.entries.len());
+        while self.published < upto {
             self.published += 1;
             self.fan_out(self.published - 1);
         }

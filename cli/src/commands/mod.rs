@@ -7,6 +7,8 @@ pub mod ci_workflow;
 pub mod coordinator;
 pub mod demo;
 pub mod exec;
+pub mod loadtest;
+pub mod loadtest_proc;
 pub mod nx;
 pub mod rules;
 pub mod run;

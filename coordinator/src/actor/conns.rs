@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use drover_proto::v1 as pb;
 use drover_scheduler::state::AgentId;
-use pb::coordinator_message::Msg as Out;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -37,12 +36,8 @@ impl Conns {
         self.by_agent.remove(&agent);
     }
 
-    pub fn send(&self, agent: AgentId, msg: Out) {
-        if let Some(c) = self.by_agent.get(&agent)
-            && let Err(e) = c.tx.try_send(Ok(pb::CoordinatorMessage { msg: Some(msg) }))
-        {
-            // A full queue means the agent is not reading; heartbeats heal lost leases.
-            tracing::warn!(%agent, error = %e, "could not queue a message for the agent");
-        }
+    /// The agent's current stream, if it has one.
+    pub fn sender(&self, agent: AgentId) -> Option<AgentTx> {
+        self.by_agent.get(&agent).map(|c| c.tx.clone())
     }
 }

@@ -22,6 +22,11 @@ use crate::store::DurationStore;
 /// How many commands may wait for the actor.
 const QUEUE: usize = 1024;
 
+/// How far lease ids and fencing tokens skip ahead on a restart: more than could ever have
+/// been handed out in the batches not yet stored when the coordinator stopped (a few
+/// batches, each with at most a lease per free slot and per result it took in).
+pub const ID_GAP_AFTER_RESTART: u64 = 1 << 32;
+
 impl Actor {
     pub fn new(
         config: Config,
@@ -53,7 +58,14 @@ impl Actor {
             tracing::warn!(%problem, "store: a record could not be read");
         }
         let epoch = Instant::now();
-        let restored = sched.restore(epoch.elapsed(), loaded.restore);
+        let mut restore = loaded.restore;
+        // Leases go to agents before their batch is stored (see the actor's docs): ids and
+        // tokens handed out after the last commit before a crash are never handed out again.
+        if restore.counters.next_lease > 0 {
+            restore.counters.next_lease += ID_GAP_AFTER_RESTART;
+            restore.counters.next_token += ID_GAP_AFTER_RESTART;
+        }
+        let restored = sched.restore(epoch.elapsed(), restore);
         for problem in &restored.skipped {
             tracing::warn!(%problem, "restore: left out");
         }
@@ -91,9 +103,13 @@ impl Actor {
             durations,
             logs,
             conns: Conns::default(),
+            writer: super::writer::Writer::start(Arc::clone(&metrics)),
             metrics,
             outbox: Vec::new(),
             replies: Vec::new(),
+            next_job: 1,
+            recorded: Vec::new(),
+            unpublished: Default::default(),
             retention,
             auth,
             cache_url,

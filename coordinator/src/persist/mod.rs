@@ -24,6 +24,7 @@ mod rows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use drover_proto::v1 as pb;
 use drover_scheduler::TaskSpec;
@@ -91,7 +92,7 @@ impl Batch {
 }
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     /// The write counter: orders runs, submissions and task records for the replay.
     version: u64,
@@ -123,7 +124,7 @@ impl Store {
         let path = data_dir.join(FILE);
         let db = Database::create(&path).map_err(|e| store_error(&path, e))?;
         let mut store = Store {
-            db,
+            db: Arc::new(db),
             path,
             version: 0,
             runs: HashMap::new(),
@@ -389,14 +390,20 @@ impl Store {
             .push((run_id.to_string(), event.seq, stored.encode_to_vec()));
     }
 
-    pub fn is_dirty(&self) -> bool {
-        !self.batch.is_empty()
+    /// Writes everything noted since the last commit in one durable transaction.
+    #[cfg(test)]
+    pub fn commit(&mut self, sched: &Scheduler) -> Result<(), CoordError> {
+        match self.seal(sched) {
+            Some(sealed) => sealed.write(),
+            None => Ok(()),
+        }
     }
 
-    /// Writes everything noted since the last commit in one durable transaction.
-    pub fn commit(&mut self, sched: &Scheduler) -> Result<(), CoordError> {
+    /// Everything noted since the last commit, encoded as rows, to be written by
+    /// [`Sealed::write`] on any thread: the scheduling thread goes on meanwhile.
+    pub fn seal(&mut self, sched: &Scheduler) -> Option<Sealed> {
         if self.batch.is_empty() {
-            return Ok(());
+            return None;
         }
         let counters = sched.counters();
         if counters != self.counters {
@@ -407,53 +414,106 @@ impl Store {
             self.batch.meta.insert("next_run", counters.next_run);
         }
         let batch = std::mem::take(&mut self.batch);
-        self.write(sched, batch)
-            .map_err(|e| store_error(&self.path, e))
+        let runs = batch
+            .runs
+            .iter()
+            .filter_map(|id| self.runs.get(id).map(|row| (id.clone(), json(row))))
+            .collect();
+        let tasks = batch
+            .tasks
+            .into_iter()
+            .filter_map(|((run_id, task_id), version)| {
+                let record = sched.task_record(&run_id, &task_id)?;
+                let row = json(&TaskRow { version, record });
+                Some((run_id, task_id, row))
+            })
+            .collect();
+        Some(Sealed {
+            db: self.db.clone(),
+            path: self.path.clone(),
+            meta: batch.meta,
+            runs,
+            requests: batch.requests,
+            submissions: batch.submissions,
+            tasks,
+            agents: batch.agents,
+            events: batch.events,
+            forget: batch.forget,
+        })
+    }
+}
+
+/// One commit's rows, ready to write.
+pub struct Sealed {
+    db: Arc<Database>,
+    path: PathBuf,
+    meta: BTreeMap<&'static str, u64>,
+    runs: Vec<(String, Vec<u8>)>,
+    requests: Vec<(String, Vec<u8>)>,
+    submissions: Vec<(String, u64, Vec<u8>)>,
+    tasks: Vec<(String, String, Vec<u8>)>,
+    agents: Vec<(u64, Vec<u8>)>,
+    events: Vec<(String, u64, Vec<u8>)>,
+    forget: Vec<String>,
+}
+
+impl Sealed {
+    /// Writes the rows in one transaction, flushed to disk before it returns.
+    #[cfg(test)]
+    pub fn write(self) -> Result<(), CoordError> {
+        Sealed::write_all(vec![self])
     }
 
-    fn write(&self, sched: &Scheduler, batch: Batch) -> Result<(), redb::Error> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+    /// Writes several batches, in order, in one transaction (one flush for all).
+    pub fn write_all(batches: Vec<Sealed>) -> Result<(), CoordError> {
+        let Some(first) = batches.first() else {
+            return Ok(());
+        };
+        let (db, path) = (first.db.clone(), first.path.clone());
+        let write = || -> Result<(), redb::Error> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            for batch in &batches {
+                batch.write_into(&txn)?;
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        write().map_err(|e| store_error(&path, e))
+    }
+
+    fn write_into(&self, txn: &WriteTransaction) -> Result<(), redb::Error> {
         {
             let mut meta = txn.open_table(META)?;
-            for (k, v) in &batch.meta {
+            for (k, v) in &self.meta {
                 meta.insert(*k, *v)?;
             }
             let mut runs = txn.open_table(RUNS)?;
-            for id in &batch.runs {
-                if let Some(row) = self.runs.get(id) {
-                    runs.insert(id.as_str(), json(row).as_slice())?;
-                }
+            for (id, bytes) in &self.runs {
+                runs.insert(id.as_str(), bytes.as_slice())?;
             }
             let mut requests = txn.open_table(RUN_REQUESTS)?;
-            for (id, bytes) in &batch.requests {
+            for (id, bytes) in &self.requests {
                 requests.insert(id.as_str(), bytes.as_slice())?;
             }
             let mut submissions = txn.open_table(SUBMISSIONS)?;
-            for (id, n, bytes) in &batch.submissions {
+            for (id, n, bytes) in &self.submissions {
                 submissions.insert((id.as_str(), *n), bytes.as_slice())?;
             }
             let mut tasks = txn.open_table(TASKS)?;
-            for ((run_id, task_id), version) in &batch.tasks {
-                if let Some(record) = sched.task_record(run_id, task_id) {
-                    let row = TaskRow {
-                        version: *version,
-                        record,
-                    };
-                    tasks.insert((run_id.as_str(), task_id.as_str()), json(&row).as_slice())?;
-                }
+            for (run_id, task_id, bytes) in &self.tasks {
+                tasks.insert((run_id.as_str(), task_id.as_str()), bytes.as_slice())?;
             }
             let mut agents = txn.open_table(AGENTS)?;
-            for (id, bytes) in &batch.agents {
+            for (id, bytes) in &self.agents {
                 agents.insert(*id, bytes.as_slice())?;
             }
             let mut events = txn.open_table(EVENTS)?;
-            for (id, seq, bytes) in &batch.events {
+            for (id, seq, bytes) in &self.events {
                 events.insert((id.as_str(), *seq), bytes.as_slice())?;
             }
         }
-        delete_runs(&txn, &batch.forget)?;
-        txn.commit()?;
+        delete_runs(txn, &self.forget)?;
         Ok(())
     }
 }
