@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // client's `connect` constructor; clients are built from a `Channel` instead.
     tonic_prost_build::configure()
         .build_transport(false)
+        // Small starting buffers: a coordinator holds a stream per agent (see src/codec.rs).
+        .codec_path("crate::LeanCodec")
         .file_descriptor_set_path(out_dir.join("drover_descriptor.bin"))
         .compile_with_config(config, &["proto/drover/v1/drover.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

@@ -31,6 +31,14 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(5);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 const HEARTBEAT_JITTER: f64 = 0.1;
+/// The interval a coordinator asked for (0: it did not say).
+fn heartbeat_interval(ms: u64) -> Duration {
+    match ms {
+        0 => DEFAULT_HEARTBEAT,
+        ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
+    }
+}
+
 /// How long a clean exit waits to hand over the last messages and see the stream closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -101,6 +109,8 @@ struct Agent {
     jitter: Jitter,
     /// When draining or stopping stops waiting for running tasks.
     deadline: Option<Instant>,
+    /// How often to heartbeat: the Welcome's interval, or the coordinator's latest Settings.
+    heartbeat_interval: Duration,
 }
 
 /// The outcome of waiting for something while the agent goes on working.
@@ -141,6 +151,7 @@ impl Agent {
             shutdown,
             tasks,
             deadline: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT,
         }
     }
 
@@ -276,10 +287,8 @@ impl Agent {
                 tracing::warn!(path = %path.display(), error = %e, "cannot keep the coordinator's launch templates");
             }
         }
-        let interval = match welcome.heartbeat_interval_ms {
-            0 => DEFAULT_HEARTBEAT,
-            ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
-        };
+        let interval = heartbeat_interval(welcome.heartbeat_interval_ms);
+        self.heartbeat_interval = interval;
         tracing::info!(
             url = self.url,
             agent_id = welcome.agent_id,
@@ -290,6 +299,8 @@ impl Agent {
         );
         self.session.connected();
         let mut heartbeat = std::pin::pin!(sleep(self.jitter.spread(interval, HEARTBEAT_JITTER)));
+        // (Each heartbeat is spread by up to a tenth either way, so a fleet that connected
+        // at once does not heartbeat in step.)
         let exit = loop {
             if let Some(exit) = self.exit_now(true) {
                 break exit;
@@ -313,7 +324,7 @@ impl Agent {
                 },
                 () = &mut heartbeat => {
                     self.session.heartbeat_due();
-                    let next = Instant::now() + self.jitter.spread(interval, HEARTBEAT_JITTER);
+                    let next = Instant::now() + self.jitter.spread(self.heartbeat_interval, HEARTBEAT_JITTER);
                     heartbeat.as_mut().reset(next);
                 }
                 permit = tx.reserve(), if self.session.has_message() => match permit {
@@ -379,6 +390,13 @@ impl Agent {
             }
             Some(coordinator_message::Msg::Welcome(_)) => {
                 tracing::warn!("ignoring a second Welcome on the same stream");
+            }
+            Some(coordinator_message::Msg::Settings(settings)) => {
+                let interval = heartbeat_interval(settings.heartbeat_interval_ms);
+                if interval != self.heartbeat_interval {
+                    tracing::debug!(heartbeat = %format_duration(interval), "new heartbeat interval");
+                    self.heartbeat_interval = interval;
+                }
             }
             None => tracing::warn!(
                 "ignoring a message this agent does not understand (is the coordinator newer?)"

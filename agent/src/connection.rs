@@ -141,6 +141,7 @@ pub(crate) fn describe(msg: Option<&coordinator_message::Msg>) -> &'static str {
         Some(coordinator_message::Msg::Lease(_)) => "Lease",
         Some(coordinator_message::Msg::Cancel(_)) => "Cancel",
         Some(coordinator_message::Msg::Stop(_)) => "Stop",
+        Some(coordinator_message::Msg::Settings(_)) => "Settings",
         None => "a message this agent does not understand",
     }
 }

@@ -198,6 +198,45 @@ struct Running {
     cancel: oneshot::Sender<()>,
 }
 
+/// The words of a command that needs no shell, as make decides it: nothing but plain words
+/// (no quotes, variables, globs, redirections, pipes, separators, comments or escapes), and
+/// a first word that is a program, not a shell keyword, builtin or assignment. Such a
+/// command runs directly, which saves a shell's start per task; anything else runs under
+/// `sh -c` as written.
+pub(crate) fn direct_argv(command: &str) -> Option<Vec<String>> {
+    const SHELL: &[&str] = &[
+        ".", ":", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done",
+        "elif", "else", "esac", "eval", "exec", "exit", "export", "fg", "fi", "for", "function",
+        "getopts", "hash", "if", "in", "jobs", "local", "read", "readonly", "return", "select",
+        "set", "shift", "source", "test", "then", "time", "times", "trap", "type", "typeset",
+        "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+    ];
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./,:+@%=".contains(c);
+    if !command.chars().all(|c| plain(c) || c == ' ' || c == '\t') {
+        return None;
+    }
+    let argv: Vec<String> = command.split_whitespace().map(str::to_string).collect();
+    let first = argv.first()?;
+    if first.contains('=') || SHELL.contains(&first.as_str()) {
+        return None;
+    }
+    Some(argv)
+}
+
+/// Whether a program name resolves: a path (from the task's directory) that exists, or a
+/// name found on the task's PATH. (A name that does not resolve runs under the shell, which
+/// says "not found" as usual.)
+fn resolves(program: &str, workdir: &std::path::Path, task_path: Option<&String>) -> bool {
+    if program.contains('/') {
+        return workdir.join(program).is_file();
+    }
+    let path = match task_path {
+        Some(p) => Some(std::ffi::OsString::from(p)),
+        None => std::env::var_os("PATH"),
+    };
+    path.is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// The running tasks of one agent: their supervisors, process groups and events.
 pub(crate) struct TaskSet {
     ctx: ExecContext,
@@ -244,8 +283,20 @@ impl TaskSet {
         let mut tree = None;
         let mut command = match workspace {
             None => {
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(&spec.command).current_dir(&ctx.workdir);
+                let mut c = match direct_argv(&spec.command) {
+                    // Like make: a plain command runs without a shell in between.
+                    Some(argv) if resolves(&argv[0], &ctx.workdir, spec.env.get("PATH")) => {
+                        let mut c = Command::new(&argv[0]);
+                        c.args(&argv[1..]);
+                        c
+                    }
+                    _ => {
+                        let mut c = Command::new("sh");
+                        c.arg("-c").arg(&spec.command);
+                        c
+                    }
+                };
+                c.current_dir(&ctx.workdir);
                 c
             }
             Some(ws) => {
@@ -303,7 +354,10 @@ impl TaskSet {
                 }
                 return Err(io::Error::new(
                     error.kind(),
-                    format!("cannot run `sh -c` in {}: {error}", ctx.workdir.display()),
+                    format!(
+                        "cannot start the task in {}: {error}",
+                        ctx.workdir.display()
+                    ),
                 ));
             }
         };
@@ -559,6 +613,58 @@ fn describe(status: io::Result<ExitStatus>) -> (i32, String) {
             (None, None) => (-1, format!("ended without an exit code ({status})")),
         },
         Err(error) => (-1, format!("could not wait for the task process: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod direct_tests {
+    use super::*;
+
+    #[test]
+    fn plain_commands_run_without_a_shell_and_the_rest_under_one() {
+        assert_eq!(direct_argv("true"), Some(vec!["true".to_string()]));
+        assert_eq!(
+            direct_argv("  npx nx run app:build --configuration=production "),
+            Some(
+                [
+                    "npx",
+                    "nx",
+                    "run",
+                    "app:build",
+                    "--configuration=production"
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
+        for shell in [
+            "echo $HOME",
+            "a && b",
+            "a | b",
+            "a > out",
+            "echo 'x'",
+            "echo \"x\"",
+            "ls *.rs",
+            "FOO=1 make",
+            "cd dir",
+            "exit 3",
+            "a; b",
+            "echo `date`",
+            "echo a\\ b",
+            "# note",
+            "",
+            "export A=1",
+            "test -f x",
+            "a\nb",
+            "echo ~",
+        ] {
+            assert_eq!(direct_argv(shell), None, "{shell:?} needs a shell");
+        }
+        let dir = std::env::temp_dir();
+        assert!(resolves("sh", &dir, None));
+        assert!(!resolves("no-such-program-drover", &dir, None));
+        assert!(!resolves("sh", &dir, Some(&"/nonexistent".to_string())));
+        assert!(!resolves("./no-such-script", &dir, None));
     }
 }
 

@@ -15,6 +15,8 @@ mod conns;
 mod handle;
 mod open;
 mod retention;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};

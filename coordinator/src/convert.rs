@@ -105,6 +105,12 @@ pub fn to_agent(action: Action) -> Option<(AgentId, Out)> {
             }),
         ),
         Action::Stop { agent, reason } => (agent, Out::Stop(pb::Stop { reason })),
+        Action::Heartbeat { agent, interval } => (
+            agent,
+            Out::Settings(pb::Settings {
+                heartbeat_interval_ms: interval.as_millis() as u64,
+            }),
+        ),
         Action::Close { .. }
         | Action::Released { .. }
         | Action::Refused { .. }

@@ -15,6 +15,8 @@ mod persist;
 mod runlog;
 mod service;
 mod store;
+#[cfg(test)]
+mod test_support;
 mod tls;
 mod ui;
 

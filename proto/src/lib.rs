@@ -10,6 +10,9 @@ pub mod v1 {
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("drover_descriptor");
 
+mod codec;
 mod endpoint;
+
+pub use codec::LeanCodec;
 
 pub use endpoint::{BadAddress, Bearer, ClientTls, coordinator_endpoint};

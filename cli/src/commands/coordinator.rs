@@ -23,9 +23,14 @@ pub struct CoordinatorArgs {
     /// Where runs, results and duration history are kept.
     #[arg(long, env = "DROVER_DATA_DIR", default_value = ".drover/data")]
     pub data_dir: PathBuf,
-    /// How often agents heartbeat.
+    /// How often agents heartbeat while the fleet is small (see --max-heartbeat-rate).
     #[arg(long, env = "DROVER_HEARTBEAT_INTERVAL", default_value_t = Human(Config::default().heartbeat_interval))]
     pub heartbeat_interval: Human,
+    /// Heartbeats per second to stay under: with more agents than this rate times the
+    /// interval, the interval stretches (up to 2/5 of --lease-timeout), and connected agents
+    /// are told. 0: never stretch.
+    #[arg(long, env = "DROVER_MAX_HEARTBEAT_RATE", default_value_t = Config::default().max_heartbeat_rate)]
+    pub max_heartbeat_rate: u32,
     /// A lease whose agent has not been heard from for this long is revoked and its task requeued.
     #[arg(long, env = "DROVER_LEASE_TIMEOUT", default_value_t = Human(Config::default().lease_timeout))]
     pub lease_timeout: Human,
@@ -154,6 +159,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     let mut config = CoordinatorConfig::new(args.listen, args.http_listen, args.data_dir);
     let s = &mut config.scheduling;
     s.heartbeat_interval = args.heartbeat_interval.0;
+    s.max_heartbeat_rate = args.max_heartbeat_rate;
     s.lease_timeout = args.lease_timeout.0;
     s.reconnect_grace = args.reconnect_grace.unwrap_or(args.lease_timeout).0;
     s.max_lost_attempts = args.max_lost_attempts;

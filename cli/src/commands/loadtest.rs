@@ -209,6 +209,21 @@ pub async fn run(args: LoadtestArgs) -> Result<u8, CliError> {
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
+    } else if report.tasks == 0 {
+        out!(
+            "{} agents x {} slots connected in {:.2}s, then idle for {}",
+            report.agents,
+            report.slots,
+            report.connect_seconds,
+            args.idle
+        );
+        match (report.coordinator_cpu_cores, report.coordinator_rss_mib) {
+            (Some(cpu), Some(rss)) => out!(
+                "coordinator: {cpu:.3} cores, {rss:.0} MiB resident (peak {:.0} MiB)",
+                report.coordinator_peak_rss_mib.unwrap_or(rss)
+            ),
+            _ => out!("coordinator: not on this machine's /proc (CPU and memory not measured)"),
+        }
     } else {
         out!(
             "{} agents x {} slots, {} tasks ({}): {:.0} tasks/s over {:.2}s; ready-to-lease p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -534,6 +549,11 @@ impl SimAgent {
                             } else {
                                 tokio::spawn(finish);
                             }
+                        }
+                        Some(pb::coordinator_message::Msg::Settings(s)) => {
+                            interval = Duration::from_millis(s.heartbeat_interval_ms.max(50));
+                            heartbeat = tokio::time::interval(interval);
+                            heartbeat.reset();
                         }
                         Some(pb::coordinator_message::Msg::Stop(_)) => return Ok(()),
                         _ => {}

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use drover_proto::v1 as pb;
 use drover_scheduler::state::AgentId;
 use tokio::sync::mpsc;
-use tonic::Status;
 
-pub type AgentTx = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
+/// Messages to an agent's stream, boxed: a channel allocates its slots 32 at a time, and a
+/// slot of the message itself would cost kilobytes per idle agent.
+pub type AgentTx = mpsc::Sender<Box<pb::CoordinatorMessage>>;
 
 struct Conn {
     conn: u64,

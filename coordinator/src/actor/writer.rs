@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use drover_proto::v1 as pb;
 use drover_scheduler::state::{AgentId, Reply};
@@ -27,6 +27,11 @@ use crate::persist::Sealed;
 
 /// Batches that may wait for the disk before the scheduling thread waits as well.
 const DEPTH: usize = 8;
+/// How long a commit waits for more batches to share its flush. Nothing on the scheduling
+/// path waits for it (leases go at once); replies and watchers hear this much later at most,
+/// and a coordinator running few tasks at a time flushes a few hundred times a second instead
+/// of once per task.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// One batch of the scheduling thread: its rows, then what waits for them.
 pub(super) struct Job {
@@ -87,7 +92,7 @@ impl Drop for Writer {
 
 /// Queues a message on an agent's stream.
 pub(super) fn deliver(agent: AgentId, tx: &AgentTx, msg: pb::CoordinatorMessage) {
-    if let Err(e) = tx.try_send(Ok(msg)) {
+    if let Err(e) = tx.try_send(Box::new(msg)) {
         // A full queue means the agent is not reading; heartbeats heal lost leases.
         tracing::warn!(%agent, error = %e, "could not queue a message for the agent");
     }
@@ -95,10 +100,13 @@ pub(super) fn deliver(agent: AgentId, tx: &AgentTx, msg: pb::CoordinatorMessage)
 
 fn run(rx: Receiver<Job>, metrics: Arc<Metrics>, durable: watch::Sender<u64>) {
     while let Ok(first) = rx.recv() {
-        // Whatever queued up while the last flush ran goes into this transaction.
+        // Whatever comes within the linger (or queued up while the last flush ran) goes into
+        // this transaction.
+        let until = Instant::now() + LINGER;
         let mut jobs = vec![first];
         while jobs.len() < DEPTH * 4 {
-            match rx.try_recv() {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }

@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use drover_scheduler::state::{
@@ -9,26 +7,7 @@ use drover_scheduler::state::{
 use super::*;
 use crate::convert;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "drover-store-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_support::TempDir;
 
 fn run_spec(req: pb::StartRunRequest) -> Result<RunSpec, String> {
     RunSpec::from_request(&convert::run_request(req)).map_err(|e| e.to_string())
@@ -169,7 +148,7 @@ fn grants(actions: Vec<Action>) -> Vec<(AgentId, LeaseGrant)> {
 
 #[test]
 fn a_reopened_store_gives_back_runs_results_leases_and_numbered_events() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let (store, loaded) = open(&dir);
     assert!(loaded.restore.steps.is_empty());
     let mut o = Owner::new(store);
@@ -253,7 +232,7 @@ fn a_reopened_store_gives_back_runs_results_leases_and_numbered_events() {
 
 #[test]
 fn a_second_coordinator_on_the_same_data_dir_is_refused_by_name() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let _first = open(&dir);
     let second = Store::open(&dir.0, run_spec, None);
     let Err(e) = second else {
@@ -337,7 +316,7 @@ fn owner_with_agent(store: Store) -> (Owner, AgentId) {
 
 #[test]
 fn forgetting_a_run_deletes_every_row_of_it_and_no_row_of_another() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let (store, _) = open(&dir);
     let (mut o, agent) = owner_with_agent(store);
     // The first run's id is a prefix of the tenth's (`run-0-1`, `run-0-10`): the range deletes
@@ -389,7 +368,7 @@ fn forgetting_a_run_deletes_every_row_of_it_and_no_row_of_another() {
 
 #[test]
 fn opening_deletes_the_runs_that_ended_before_the_cutoff() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("store");
     let (store, _) = open(&dir);
     let (mut o, agent) = owner_with_agent(store);
     let old = finished_run(&mut o, agent, "old", 1_000);

@@ -10,8 +10,8 @@ use drover_proto::v1 as pb;
 use drover_scheduler::state::{Event, Reply};
 use pb::agent_service_server::AgentService;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actor::{Command, Handle};
@@ -128,6 +128,8 @@ impl AgentService for AgentSvc {
             }
             let _ = actor.send(Command::Gone { agent, conn }).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|m| Ok(*m)),
+        )))
     }
 }

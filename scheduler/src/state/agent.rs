@@ -40,6 +40,8 @@ pub(crate) struct Agent {
     /// Told to stop: its run is over.
     pub stopped: bool,
     pub last_seen: Duration,
+    /// The heartbeat interval it was told (in its Welcome or since).
+    pub heartbeat_interval: Duration,
     /// Leases it holds, in the order they were granted.
     leases: Vec<LeaseId>,
     /// Non-cacheable tasks among them.
@@ -64,6 +66,7 @@ impl Agent {
             draining: false,
             stopped: false,
             last_seen: now,
+            heartbeat_interval: Duration::ZERO,
             leases: Vec::new(),
             non_cacheable: 0,
             groups: HashMap::new(),

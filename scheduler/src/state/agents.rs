@@ -44,6 +44,10 @@ impl Agents {
         self.by_id.get_mut(&id)
     }
 
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
     pub fn contains(&self, id: AgentId) -> bool {
         self.by_id.contains_key(&id)
     }

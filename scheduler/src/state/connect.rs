@@ -40,9 +40,13 @@ impl Scheduler {
             }
             None => self.attach(now, &hello),
         };
+        let heartbeat_interval = self.heartbeat_interval();
+        if let Some(a) = self.agents.get_mut(id) {
+            a.heartbeat_interval = heartbeat_interval;
+        }
         let welcome = Welcome {
             agent: id,
-            heartbeat_interval: self.config.heartbeat_interval,
+            heartbeat_interval,
             lease_timeout: self.config.lease_timeout,
         };
         self.actions
@@ -184,9 +188,18 @@ impl Scheduler {
         }
         let ours = a.leases().to_vec();
         let name = a.name.clone();
+        let told = a.heartbeat_interval;
         if revived {
             self.agents.refresh(agent);
             self.schedule_agent(agent);
+        }
+        // The fleet grew or shrank by a quarter since the agent was told its interval.
+        let interval = self.heartbeat_interval();
+        if interval.abs_diff(told) * 4 > told {
+            if let Some(a) = self.agents.get_mut(agent) {
+                a.heartbeat_interval = interval;
+            }
+            self.actions.push(Action::Heartbeat { agent, interval });
         }
         for h in held {
             if !self.leases.holds(agent, h) {
@@ -198,7 +211,7 @@ impl Scheduler {
             }
         }
         // A lease the agent should have had for a while but does not report was lost on the way.
-        let patience = self.config.heartbeat_interval * 2;
+        let patience = told.max(self.config.heartbeat_interval) * 2;
         let mut changed = revived;
         for lease in ours {
             let lost = !held.iter().any(|h| h.lease == lease)
@@ -229,6 +242,21 @@ impl Scheduler {
             });
         }
         known
+    }
+
+    /// The heartbeat interval for the fleet as it is now: the configured one, stretched so
+    /// that the agents' heartbeats stay under `max_heartbeat_rate` a second, as Nomad does;
+    /// never past two fifths of the lease timeout, so that an agent may lose a heartbeat
+    /// (and jitter may bring the next one early or late) without losing its leases.
+    pub(super) fn heartbeat_interval(&self) -> Duration {
+        let base = self.config.heartbeat_interval;
+        let rate = self.config.max_heartbeat_rate;
+        if rate == 0 {
+            return base;
+        }
+        let stretched = Duration::from_secs_f64(self.agents.len() as f64 / f64::from(rate));
+        let cap = self.config.lease_timeout * 2 / 5;
+        base.max(stretched.min(cap))
     }
 
     /// Puts the agent's next deadline in the set (see [`Agent::due`]).

@@ -71,7 +71,12 @@ pub enum Policy {
 /// CLI flags use.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// How often agents heartbeat while the fleet is small (the shortest interval).
     pub heartbeat_interval: Duration,
+    /// Heartbeats per second the coordinator aims to stay under: with more agents than
+    /// this rate times the interval, the interval stretches (up to two fifths of the lease
+    /// timeout, so that one lost heartbeat never costs a lease). 0: never stretch.
+    pub max_heartbeat_rate: u32,
     /// A lease whose agent has not been heard from for this long is revoked.
     pub lease_timeout: Duration,
     /// How long a disconnected agent may take to come back before its leases are revoked.
@@ -88,6 +93,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             heartbeat_interval: Duration::from_secs(1),
+            max_heartbeat_rate: 1000,
             lease_timeout: Duration::from_secs(10),
             reconnect_grace: Duration::from_secs(10),
             max_lost_attempts: 3,

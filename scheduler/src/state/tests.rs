@@ -1235,3 +1235,67 @@ fn the_rerun_guard_refuses_agents_of_another_attempt_and_fails_a_rerun_left_alon
             .all(|e| !matches!(e, RunEvent::RunDone { .. }))
     );
 }
+
+/// Heartbeats stretch with the fleet, Nomad-style: under `max_heartbeat_rate` a second, never
+/// past two fifths of the lease timeout; agents told an interval hear of a new one on their
+/// next heartbeat once the fleet has changed by a quarter.
+#[test]
+fn heartbeats_stretch_with_the_fleet_and_agents_are_told() {
+    let config = Config {
+        heartbeat_interval: ms(1000),
+        max_heartbeat_rate: 100,
+        lease_timeout: ms(10_000),
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(config);
+    let interval_of = |actions: &[Action]| {
+        actions.iter().find_map(|a| match a {
+            Action::Welcome { welcome, .. } => Some(welcome.heartbeat_interval),
+            _ => None,
+        })
+    };
+    let connect = |s: &mut Scheduler, i: usize| {
+        let outcome = s.handle(
+            ms(0),
+            Event::Hello(hello(&format!("a{i}"), "linux", 1, None, vec![])),
+        );
+        let Ok(Reply::Agent(id)) = outcome.reply else {
+            panic!("{:?}", outcome.reply)
+        };
+        (id, interval_of(&outcome.actions).expect("a Welcome"))
+    };
+    // A small fleet heartbeats at the configured interval.
+    let (first, told) = connect(&mut s, 0);
+    assert_eq!(told, ms(1000));
+    for i in 1..250 {
+        connect(&mut s, i);
+    }
+    // 251 agents at 100 a second: 2.51 s.
+    let (_, told) = connect(&mut s, 250);
+    assert_eq!(told, ms(2510));
+    // The first agent hears of it on its next heartbeat, and only once.
+    let told_first = |s: &mut Scheduler| {
+        s.handle(
+            ms(500),
+            Event::Heartbeat {
+                agent: first,
+                held: vec![],
+            },
+        )
+        .actions
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Heartbeat { agent, interval } if agent == first => Some(interval),
+            _ => None,
+        })
+    };
+    assert_eq!(told_first(&mut s), Some(ms(2510)));
+    assert_eq!(told_first(&mut s), None);
+    // A fleet too large for the rate stops at two fifths of the lease timeout.
+    for i in 251..2000 {
+        connect(&mut s, i);
+    }
+    let (_, told) = connect(&mut s, 2000);
+    assert_eq!(told, ms(4000));
+    assert_eq!(told_first(&mut s), Some(ms(4000)));
+}

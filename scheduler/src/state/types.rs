@@ -260,6 +260,8 @@ pub enum Action {
     },
     /// Tell the agent to exit: its run is over.
     Stop { agent: AgentId, reason: String },
+    /// Tell a connected agent to heartbeat at a new interval (the fleet grew or shrank).
+    Heartbeat { agent: AgentId, interval: Duration },
     /// A lease ended (finished, revoked, handed back): whatever was issued for it (a task's
     /// credential) is void from now on.
     Released { agent: AgentId, lease: LeaseId },
