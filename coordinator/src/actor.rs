@@ -184,8 +184,12 @@ impl Actor {
                 }
                 self.replies.push((reply, result));
             }
-            Command::Submit { run, tasks, reply } => {
-                let stored = tasks.clone();
+            Command::Submit {
+                run,
+                tasks,
+                stored,
+                reply,
+            } => {
                 let result = self.apply(Event::Submit { run, tasks });
                 if let Ok(Reply::Submitted {
                     run_id, submission, ..

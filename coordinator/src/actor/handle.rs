@@ -29,6 +29,8 @@ pub enum Command {
     Submit {
         run: RunRef,
         tasks: Vec<TaskSpec>,
+        /// The tasks as the store keeps them ([`crate::persist::encode_tasks`]).
+        stored: Vec<u8>,
         reply: ReplyTx,
     },
     Complete {

@@ -52,6 +52,7 @@ async fn lease_one(handle: &Handle, exec: &str) -> pb::Lease {
         .ask(|reply| Command::Submit {
             run: RunRef::Execution(exec.into()),
             tasks: vec![TaskSpec::new("app:build", "true")],
+            stored: crate::persist::encode_tasks(&[TaskSpec::new("app:build", "true")]),
             reply,
         })
         .await

@@ -297,19 +297,18 @@ impl Store {
             .push((run_id.to_string(), request.encode_to_vec()));
     }
 
-    pub fn submitted(&mut self, run_id: &str, submission: u64, tasks: &[TaskSpec]) {
+    /// A submission, its tasks encoded by [`encode_tasks`] (off the scheduling thread).
+    pub fn submitted(&mut self, run_id: &str, submission: u64, tasks: &[u8]) {
         let version = self.next_version();
-        let row = SubmissionRow {
-            version,
-            tasks: tasks.to_vec(),
-        };
-        match serde_json::to_vec(&row) {
-            Ok(bytes) => self
-                .batch
-                .submissions
-                .push((run_id.to_string(), submission, bytes)),
-            Err(e) => tracing::error!(run = run_id, error = %e, "cannot encode a submission"),
-        }
+        // What serde writes for a `SubmissionRow { version, tasks }`, around tasks encoded
+        // beforehand.
+        let mut bytes = Vec::with_capacity(tasks.len() + 32);
+        bytes.extend_from_slice(format!("{{\"version\":{version},\"tasks\":").as_bytes());
+        bytes.extend_from_slice(tasks);
+        bytes.push(b'}');
+        self.batch
+            .submissions
+            .push((run_id.to_string(), submission, bytes));
     }
 
     pub fn completed(&mut self, run_id: &str) {
@@ -516,6 +515,11 @@ impl Sealed {
         delete_runs(txn, &self.forget)?;
         Ok(())
     }
+}
+
+/// A submission's tasks as the store keeps them (JSON, the `tasks` of a `SubmissionRow`).
+pub fn encode_tasks(tasks: &[TaskSpec]) -> Vec<u8> {
+    json(&tasks)
 }
 
 /// The runs whose stored row says they ended before `cutoff_ms`.

@@ -82,7 +82,8 @@ impl Owner {
         let Reply::Submitted { submission, .. } = self.handle(ms(0), event) else {
             panic!("not a submission");
         };
-        self.store.submitted(run, submission, tasks);
+        self.store
+            .submitted(run, submission, &super::encode_tasks(tasks));
         submission
     }
 
@@ -177,7 +178,8 @@ fn a_reopened_store_gives_back_runs_results_leases_and_numbered_events() {
     o.collect();
     o.store.commit(&o.sched).unwrap();
     // Noted but never committed: lost, as in a crash.
-    o.store.submitted(&run, 2, &[TaskSpec::new("d", "true")]);
+    o.store
+        .submitted(&run, 2, &super::encode_tasks(&[TaskSpec::new("d", "true")]));
     drop(o);
 
     let (_store, loaded) = open(&dir);
@@ -405,4 +407,23 @@ fn opening_deletes_the_runs_that_ended_before_the_cutoff() {
     sched.restore(ms(0), loaded.restore);
     assert!(sched.run_view(&old).is_none(), "still gone");
     assert_eq!(sched.run_summaries().len(), 2);
+}
+
+#[test]
+fn a_submission_encoded_beforehand_is_the_row_serde_would_write() {
+    let tasks = vec![
+        TaskSpec::new("a:build", "true"),
+        TaskSpec::new("b:test", "echo \"}\""),
+    ];
+    let dir = TempDir::new("store");
+    let (mut store, _) = open(&dir);
+    store.submitted("run-1", 1, &super::encode_tasks(&tasks));
+    let (_, _, bytes) = store.batch.submissions.last().expect("noted").clone();
+    let row: super::rows::SubmissionRow = serde_json::from_slice(&bytes).expect("a row");
+    assert_eq!(row.tasks, tasks);
+    let expected = super::rows::SubmissionRow {
+        version: row.version,
+        tasks,
+    };
+    assert_eq!(bytes, serde_json::to_vec(&expected).unwrap());
 }

@@ -73,14 +73,22 @@ impl RunService for RunSvc {
             .grpc(&request, Scope::Write, "RunService/SubmitGraph")?;
         let req = request.into_inner();
         let run = run_ref(req.run_id, req.ci_execution_id)?;
-        let tasks = req
+        let tasks: Vec<_> = req
             .tasks
             .into_iter()
             .map(convert::task_from_proto)
             .collect();
+        // Encoded for the store here, not in the scheduling loop: a large graph would hold
+        // every agent's next lease for as long as that takes.
+        let stored = crate::persist::encode_tasks(&tasks);
         let reply = self
             .actor
-            .ask(|reply| Command::Submit { run, tasks, reply })
+            .ask(|reply| Command::Submit {
+                run,
+                tasks,
+                stored,
+                reply,
+            })
             .await?;
         match reply {
             Reply::Submitted {

@@ -66,9 +66,14 @@ impl Scheduler {
         }
         let run = &self.runs[r];
         // Tasks the run holds already are shared; the rest form the new graph.
-        let (existing, fresh): (Vec<TaskSpec>, Vec<TaskSpec>) = tasks
-            .into_iter()
-            .partition(|t| run.index.contains_key(&t.id));
+        // (A first submission shares nothing: no need to move every task once more.)
+        let (existing, fresh): (Vec<TaskSpec>, Vec<TaskSpec>) = if run.index.is_empty() {
+            (Vec::new(), tasks)
+        } else {
+            tasks
+                .into_iter()
+                .partition(|t| run.index.contains_key(&t.id))
+        };
         if existing.is_empty() && fresh.is_empty() {
             return Err(GraphError::Empty.into());
         }
@@ -89,6 +94,11 @@ impl Scheduler {
         }
         if let Some(graph) = graph {
             let base = run.tasks.len();
+            // Room for the whole graph at once: growing one task at a time copies them all,
+            // again and again, while every agent waits.
+            run.tasks.reserve(graph.tasks.len());
+            run.index.reserve(graph.tasks.len());
+            members.reserve(graph.tasks.len());
             for (k, spec) in graph.tasks.into_iter().enumerate() {
                 let class = run.spec.rules.rule_for(
                     &spec.project,
