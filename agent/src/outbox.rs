@@ -18,8 +18,18 @@ pub(crate) struct Outbox {
     queue: VecDeque<AgentMessage>,
     output_bytes: usize,
     output_limit: usize,
-    /// Bytes of output dropped per lease and not yet reported.
-    dropped: HashMap<String, (u64, usize)>,
+    /// Bytes of output dropped per lease and not yet reported: while connected (the task
+    /// printed faster than the stream took it) and while not.
+    dropped: HashMap<String, Dropped>,
+    /// Whether a stream to the coordinator is open.
+    connected: bool,
+}
+
+#[derive(Debug, Default)]
+struct Dropped {
+    token: u64,
+    connected: usize,
+    away: usize,
 }
 
 impl Outbox {
@@ -29,7 +39,12 @@ impl Outbox {
             output_bytes: 0,
             output_limit,
             dropped: HashMap::new(),
+            connected: false,
         }
+    }
+
+    pub(crate) fn set_connected(&mut self, connected: bool) {
+        self.connected = connected;
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -56,9 +71,9 @@ impl Outbox {
         let front = self.queue.front()?;
         let front_lease = front.msg.as_ref().and_then(lease_of).map(str::to_owned);
         if let Some(lease_id) = front_lease
-            && let Some((token, bytes)) = self.dropped.remove(&lease_id)
+            && let Some(dropped) = self.dropped.remove(&lease_id)
         {
-            return Some(marker(lease_id, token, bytes));
+            return Some(marker(lease_id, &dropped, self.output_limit));
         }
         let msg = self.queue.pop_front()?;
         self.output_bytes -= msg.msg.as_ref().map_or(0, output_cost);
@@ -103,11 +118,13 @@ impl Outbox {
             return false;
         };
         self.output_bytes -= output.data.len() + OUTPUT_OVERHEAD;
-        let entry = self
-            .dropped
-            .entry(output.lease_id)
-            .or_insert((output.fencing_token, 0));
-        entry.1 += output.data.len();
+        let entry = self.dropped.entry(output.lease_id).or_default();
+        entry.token = output.fencing_token;
+        if self.connected {
+            entry.connected += output.data.len();
+        } else {
+            entry.away += output.data.len();
+        }
         true
     }
 }
@@ -129,10 +146,23 @@ fn lease_of(msg: &Msg) -> Option<&str> {
     }
 }
 
-fn marker(lease_id: String, token: u64, bytes: usize) -> AgentMessage {
-    let text = format!(
-        "\n[drover-agent] {bytes} bytes of output were dropped while the coordinator was unreachable\n"
-    );
+fn marker(lease_id: String, dropped: &Dropped, limit: usize) -> AgentMessage {
+    let token = dropped.token;
+    let mut text = String::new();
+    if dropped.away > 0 {
+        text.push_str(&format!(
+            "\n[drover-agent] {} bytes of output were dropped while the coordinator was unreachable (more than {} KiB waiting)\n",
+            dropped.away,
+            limit / 1024
+        ));
+    }
+    if dropped.connected > 0 {
+        text.push_str(&format!(
+            "\n[drover-agent] {} bytes of output were dropped: the task printed faster than they could be sent to the coordinator (more than {} KiB waiting)\n",
+            dropped.connected,
+            limit / 1024
+        ));
+    }
     AgentMessage {
         msg: Some(Msg::Output(Output {
             lease_id,
@@ -203,7 +233,8 @@ mod tests {
         };
         let marker = String::from_utf8_lossy(&first.data);
         assert!(
-            marker.contains("200 bytes of output were dropped"),
+            marker
+                .contains("200 bytes of output were dropped while the coordinator was unreachable"),
             "{marker}"
         );
         assert_eq!(first.stream, OutputStream::Stderr as i32);
@@ -217,6 +248,24 @@ mod tests {
         assert_eq!(kept, [2, 3, 4], "the oldest chunks go first");
         assert!(matches!(sent[4], Msg::Finished(_)));
         assert_eq!(sent.len(), 5);
+    }
+
+    #[test]
+    fn output_dropped_while_connected_says_the_task_printed_too_fast() {
+        let mut outbox = Outbox::new(2 * (100 + OUTPUT_OVERHEAD));
+        outbox.set_connected(true);
+        for i in 0..3u8 {
+            outbox.push(output("a", &[i; 100]));
+        }
+        let Msg::Output(first) = &drain(&mut outbox)[0] else {
+            panic!("expected the marker first")
+        };
+        let marker = String::from_utf8_lossy(&first.data);
+        assert!(
+            marker.contains("100 bytes of output were dropped: the task printed faster"),
+            "{marker}"
+        );
+        assert!(!marker.contains("unreachable"), "{marker}");
     }
 
     #[test]

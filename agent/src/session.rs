@@ -177,6 +177,7 @@ impl Session {
 
     /// A new stream got its Welcome.
     pub(crate) fn connected(&mut self) {
+        self.outbox.set_connected(true);
         self.heartbeats_sent = 0;
         self.heartbeat_due = false;
         self.draining_due = self.draining;
@@ -184,6 +185,7 @@ impl Session {
 
     /// The stream is gone: what it may have lost is sent again on the next one.
     pub(crate) fn connection_lost(&mut self) {
+        self.outbox.set_connected(false);
         let resend: Vec<_> = self
             .unconfirmed
             .drain(..)

@@ -135,6 +135,17 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
             };
             last_contact = Instant::now();
             backoff = Duration::from_millis(200);
+            if event.seq == 0 {
+                // Live output (unnumbered), when asked for with --stream-output.
+                if let Some(Event::TaskOutput(o)) = &event.event {
+                    let text = String::from_utf8_lossy(&o.data);
+                    for line in text.lines() {
+                        let _ = writeln!(out, "{} | {line}", o.task_id);
+                    }
+                    let _ = out.flush();
+                }
+                continue;
+            }
             if event.seq < next_seq {
                 continue;
             }
@@ -144,17 +155,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                 Event::TaskStarted(s) => {
                     counts.set(&s.task_id, pb::TaskStatus::Running);
                 }
-                Event::TaskOutput(o) => {
-                    if f.stream_output {
-                        let text = String::from_utf8_lossy(&o.data);
-                        for line in text.lines() {
-                            let _ = writeln!(out, "{} | {line}", o.task_id);
-                        }
-                    } else {
-                        // Sent only for a failed attempt, just before its failure.
-                        let _ = out.write_all(&o.data);
-                    }
-                }
+                Event::TaskOutput(_) => {} // (only ever live, above)
                 Event::TaskFinished(t) => {
                     let status =
                         pb::TaskStatus::try_from(t.status).unwrap_or(pb::TaskStatus::Unspecified);
@@ -171,6 +172,15 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                         continue;
                     }
                     counts.set(&t.task_id, status);
+                    if status == pb::TaskStatus::Failed && !f.stream_output {
+                        // Every failure's output, read from its log, however close together
+                        // tasks fail.
+                        let log = task_log(&mut client.clone(), &f.run_id, &t.task_id, 0).await;
+                        let _ = out.write_all(&log);
+                        if !log.is_empty() && !log.ends_with(b"\n") {
+                            let _ = writeln!(out);
+                        }
+                    }
                     let (word, detail) = match status {
                         pb::TaskStatus::Succeeded => (
                             if t.flaky { "FLAKY" } else { "ok" },
@@ -229,6 +239,48 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A task's whole log (one attempt, or with 0 every attempt; bounded by the coordinator's
+/// --task-log-limit). A read that fails says so in the log's place rather than stopping the
+/// follow.
+pub async fn task_log(
+    client: &mut RunServiceClient<Conn>,
+    run_id: &str,
+    task: &str,
+    attempt: u32,
+) -> Vec<u8> {
+    let mut log = Vec::new();
+    let mut from = 0;
+    loop {
+        let request = pb::GetTaskLogRequest {
+            run_id: run_id.to_string(),
+            task_id: task.to_string(),
+            from,
+            ci_execution_id: String::new(),
+            attempt,
+        };
+        match client.get_task_log(request).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                log.extend_from_slice(&r.data);
+                if r.data.is_empty() || r.next >= r.size {
+                    return log;
+                }
+                from = r.next;
+            }
+            Err(status) => {
+                log.extend_from_slice(
+                    format!(
+                        "[drover] could not read the output of {task}: {}\n",
+                        status.message()
+                    )
+                    .as_bytes(),
+                );
+                return log;
+            }
+        }
     }
 }
 

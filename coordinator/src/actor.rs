@@ -44,6 +44,8 @@ pub use retention::Retention;
 pub use retention::unix_ms;
 
 pub struct Actor {
+    /// Task output, on disk and bounded (see [`crate::logstore`]).
+    task_logs: crate::logstore::Logs,
     sched: Scheduler,
     epoch: Instant,
     rx: mpsc::Receiver<Command>,
@@ -286,6 +288,38 @@ impl Actor {
         for action in actions {
             self.metrics.observe(&action);
             match action {
+                Action::Run {
+                    run_id,
+                    event:
+                        RunEvent::TaskOutput {
+                            task,
+                            submissions,
+                            attempt,
+                            stream,
+                            data,
+                        },
+                } => {
+                    // Output goes to the task's log on disk, and live to the watchers that
+                    // stream it; it is not a numbered event of the run.
+                    let log = self.logs.entry(run_id.clone()).or_default();
+                    if log.streams_output() {
+                        let live = RunEvent::TaskOutput {
+                            task: task.clone(),
+                            submissions,
+                            attempt,
+                            stream,
+                            data: data.clone(),
+                        };
+                        let (event, submissions) = convert::event_to_proto(live);
+                        let event = pb::RunEvent {
+                            event: Some(event),
+                            at_ms: unix_ms(SystemTime::now()),
+                            ..Default::default()
+                        };
+                        log.live(event, &submissions);
+                    }
+                    self.task_logs.append(&run_id, &task, attempt, data);
+                }
                 Action::Run { run_id, event } => {
                     if matches!(event, RunEvent::RunDone { .. }) {
                         self.store.run_ended(&run_id, unix_ms(SystemTime::now()));

@@ -37,6 +37,8 @@ pub struct CoordinatorConfig {
     pub otlp_endpoint: Option<String>,
     /// Launch templates (Nx's `.nx/workflows` format) for repositories that have none.
     pub launch_templates: Option<PathBuf>,
+    /// What one attempt of a task keeps of its output: its first and last halves of this.
+    pub task_log_limit: u64,
 }
 
 impl CoordinatorConfig {
@@ -57,6 +59,7 @@ impl CoordinatorConfig {
             tls: None,
             otlp_endpoint: None,
             launch_templates: None,
+            task_log_limit: crate::logstore::DEFAULT_LIMIT,
         }
     }
 }

@@ -9,6 +9,7 @@ mod config;
 mod convert;
 mod error;
 mod http;
+pub mod logstore;
 mod metrics;
 mod otel;
 mod persist;
@@ -131,9 +132,17 @@ impl Coordinator {
             }
             None => None,
         };
+        let logs =
+            logstore::Logs::open(&config.data_dir, config.task_log_limit).map_err(|source| {
+                CoordError::DataDir {
+                    path: config.data_dir.join("logs").display().to_string(),
+                    source,
+                }
+            })?;
         let (actor, handle) = Actor::new(
             config.scheduling,
             config.data_dir,
+            logs,
             retention,
             metrics.clone(),
             auth.clone(),

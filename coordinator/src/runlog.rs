@@ -1,7 +1,10 @@
 //! Every event of a run, numbered, replayable from any point, and fanned out to watchers.
 //!
 //! A watcher that cannot keep up is dropped; its client reconnects with the next sequence
-//! number it needs and loses nothing.
+//! number it needs and loses nothing. Task output is not among the numbered events: it is
+//! kept in the task logs ([`crate::logstore`]), and sent live, unnumbered (`seq` 0), to
+//! watchers that asked for all output; a failed task's output is read from its log by the
+//! client that wants it, so numbered events arrive in order, each once.
 
 use drover_proto::v1 as pb;
 use pb::run_event::Event;
@@ -58,15 +61,36 @@ pub struct RunLog {
 
 impl RunLog {
     pub fn next_seq(&self) -> u64 {
-        self.entries.len() as u64 + 1
+        self.entries.last().map_or(1, |e| e.event.seq + 1)
+    }
+
+    /// Whether a watcher wants live output.
+    pub fn streams_output(&self) -> bool {
+        self.watchers.iter().any(|w| w.filter.all_output)
+    }
+
+    /// Sends an unnumbered output event to the watchers that stream output and want it.
+    pub fn live(&mut self, event: pb::RunEvent, submissions: &[u64]) {
+        let entry = Entry {
+            event,
+            submissions: submissions.to_vec(),
+        };
+        self.watchers.retain(|w| {
+            if !w.filter.all_output || !w.filter.wants(&entry) {
+                return true;
+            }
+            // Gone or too slow: dropped; it reconnects from its last numbered event.
+            w.tx.try_send(Ok(entry.event.clone())).is_ok()
+        });
     }
 
     /// A log of events recorded before a restart; all of them count as sent.
     pub fn restore(events: Vec<(pb::RunEvent, Vec<u64>)>) -> RunLog {
-        let entries: Vec<Entry> = events
+        let mut entries: Vec<Entry> = events
             .into_iter()
             .map(|(event, submissions)| Entry { event, submissions })
             .collect();
+        entries.sort_by_key(|e| e.event.seq);
         RunLog {
             published: entries.len(),
             entries,
@@ -136,7 +160,7 @@ impl RunLog {
         from_seq: u64,
         tx: mpsc::Sender<Result<pb::RunEvent, tonic::Status>>,
     ) -> bool {
-        let start = from_seq.saturating_sub(1) as usize;
+        let start = self.entries.partition_point(|e| e.event.seq < from_seq);
         for index in start..self.published {
             let entry = &self.entries[index];
             if !filter.wants(entry) {
@@ -150,6 +174,10 @@ impl RunLog {
             if filter.is_last(&entry.event) {
                 return false;
             }
+        }
+        // An ended run has nothing more to say: a watch from past its end ends at once.
+        if self.ended_at().is_some() && start >= self.published {
+            return false;
         }
         self.watchers.push(Watcher { filter, tx });
         true
@@ -222,49 +250,11 @@ impl RunLog {
             _ => None,
         })
     }
-
-    /// A task's output from byte `from` on, and the log's whole length: every attempt's
-    /// output in order, a header line before each attempt after the first. Append-only, so
-    /// an offset read once stays valid.
-    pub fn task_log(&self, task: &str, from: usize) -> (Vec<u8>, usize) {
-        let mut log = Vec::new();
-        let mut attempt = 1;
-        for e in &self.entries {
-            if let Some(Event::TaskOutput(o)) = &e.event.event
-                && o.task_id == task
-            {
-                if o.attempt != attempt {
-                    attempt = o.attempt;
-                    log.extend_from_slice(format!("\n--- attempt {attempt} ---\n").as_bytes());
-                }
-                log.extend_from_slice(&o.data);
-            }
-        }
-        let size = log.len();
-        let from = from.min(size);
-        (log.split_off(from), size)
-    }
 }
 
-/// What a watcher gets for the entry at `index`: output only when it asked for all output;
-/// otherwise a failed attempt's output right before the event that says it failed.
-fn to_send(entries: &[Entry], index: usize, filter: Filter) -> Vec<pb::RunEvent> {
-    let entry = &entries[index];
-    match &entry.event.event {
-        Some(Event::TaskOutput(_)) if !filter.all_output => Vec::new(),
-        Some(Event::TaskFinished(f))
-            if !filter.all_output && f.status == pb::TaskStatus::Failed as i32 =>
-        {
-            let mut out: Vec<pb::RunEvent> = entries[..index]
-                .iter()
-                .filter(|e| matches!(&e.event.event, Some(Event::TaskOutput(o)) if o.task_id == f.task_id && o.attempt == f.attempt))
-                .map(|e| e.event.clone())
-                .collect();
-            out.push(entry.event.clone());
-            out
-        }
-        _ => vec![entry.event.clone()],
-    }
+/// What a watcher gets for the entry at `index`.
+fn to_send(entries: &[Entry], index: usize, _filter: Filter) -> Vec<pb::RunEvent> {
+    vec![entries[index].event.clone()]
 }
 
 #[cfg(test)]
@@ -304,38 +294,55 @@ mod tests {
     }
 
     #[test]
-    fn failed_output_arrives_just_before_the_failure_and_successful_output_never() {
+    fn numbered_events_come_in_order_once_and_output_only_live_to_streamers() {
         let mut log = RunLog::default();
-        let (tx, mut rx) = mpsc::channel(16);
-        assert!(log.watch(
-            Filter {
-                submission: Some(1),
-                all_output: false
-            },
-            1,
-            tx
-        ));
-        log.push(output("ok:build", "fine\n"), vec![1]);
-        log.push(output("bad:build", "boom\n"), vec![1]);
+        let filter = |all_output| Filter {
+            submission: Some(1),
+            all_output,
+        };
+        let (tx, mut quiet) = mpsc::channel(16);
+        assert!(log.watch(filter(false), 1, tx));
+        let (tx, mut streaming) = mpsc::channel(16);
+        assert!(log.watch(filter(true), 1, tx));
+        log.live(output("bad:build", "boom\n"), &[1]);
         log.push(finished("ok:build", pb::TaskStatus::Succeeded), vec![1]);
+        log.live(output("other:build", "x\n"), &[1]);
         log.push(finished("bad:build", pb::TaskStatus::Failed), vec![1]);
-        let got = drain(&mut rx);
-        let kinds: Vec<String> = got
-            .iter()
-            .map(|e| match &e.event {
-                Some(Event::TaskOutput(o)) => format!(
-                    "out {} {}",
-                    o.task_id,
-                    String::from_utf8_lossy(&o.data).trim()
-                ),
-                Some(Event::TaskFinished(f)) => format!("fin {}", f.task_id),
-                _ => "other".into(),
-            })
-            .collect();
+        let seqs = |events: Vec<pb::RunEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
         assert_eq!(
-            kinds,
-            ["fin ok:build", "out bad:build boom", "fin bad:build"]
+            seqs(drain(&mut quiet)),
+            [1, 2],
+            "no output, numbered in order"
         );
+        assert_eq!(
+            seqs(drain(&mut streaming)),
+            [0, 1, 0, 2],
+            "live output is unnumbered"
+        );
+    }
+
+    #[test]
+    fn a_watch_from_past_the_end_of_an_ended_run_ends_at_once() {
+        let mut log = RunLog::default();
+        log.push(finished("a", pb::TaskStatus::Succeeded), vec![1]);
+        let done = pb::RunEvent {
+            event: Some(Event::RunDone(pb::RunDoneEvent {
+                success: true,
+                reason: String::new(),
+            })),
+            ..Default::default()
+        };
+        log.push(done, vec![]);
+        let all = Filter {
+            submission: None,
+            all_output: false,
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        assert!(!log.watch(all, 3, tx), "nothing more will come");
+        assert!(drain(&mut rx).is_empty());
+        let (tx, mut rx) = mpsc::channel(16);
+        assert!(!log.watch(all, 1, tx));
+        assert_eq!(drain(&mut rx).len(), 2);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct CoordinatorArgs {
     /// in the data dir; `0` keeps every run forever. Active runs are always kept.
     #[arg(long, env = "DROVER_RUN_RETENTION", default_value_t = Human(CoordinatorConfig::DEFAULT_RUN_RETENTION))]
     pub run_retention: Human,
+    /// What one attempt of a task keeps of its output, in DATA_DIR/logs: its first and last
+    /// halves of this, with a line saying how much was cut between (at least 1 KiB).
+    #[arg(long, env = "DROVER_TASK_LOG_LIMIT", default_value_t = Size(drover_coordinator::logstore::DEFAULT_LIMIT), value_parser = task_log_limit)]
+    pub task_log_limit: Size,
     /// How often ended runs are checked against the run retention.
     #[arg(long, env = "DROVER_RETENTION_SWEEP_INTERVAL", default_value_t = Positive(CoordinatorConfig::DEFAULT_RETENTION_SWEEP), hide = true)]
     pub retention_sweep_interval: Positive,
@@ -166,6 +170,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     s.rerun_grace = args.rerun_grace.0;
     config.run_retention = (!args.run_retention.0.is_zero()).then_some(args.run_retention.0);
     config.retention_sweep_interval = args.retention_sweep_interval.0;
+    config.task_log_limit = args.task_log_limit.0;
     config.cache = args.cache.config();
     config.auth_file = args.auth_file;
     config.insecure_no_auth = args.insecure_no_auth;
@@ -188,4 +193,14 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     );
     coordinator.serve(shutdown_signal()).await?;
     Ok(0)
+}
+
+fn task_log_limit(s: &str) -> Result<Size, String> {
+    let size: Size = s.parse()?;
+    if size.0 < 1024 {
+        return Err(format!(
+            "`{s}` is too small: a task's log keeps at least 1 KiB"
+        ));
+    }
+    Ok(size)
 }

@@ -105,13 +105,17 @@ pub async fn logs(args: LogsArgs) -> Result<u8, CliError> {
                 task_id: args.task.clone(),
                 from,
                 ci_execution_id: ci_execution_id.clone(),
+                attempt: 0,
             })
             .await
             .map_err(|s| CliError::rpc("reading the task's log", s))?
             .into_inner();
         let _ = stdout.write_all(&log.data);
         let _ = stdout.flush();
-        from = log.size;
+        from = log.next.max(from);
+        if log.next < log.size && !log.data.is_empty() {
+            continue; // more to read now
+        }
         let ended = matches!(
             pb::TaskStatus::try_from(log.status),
             Ok(pb::TaskStatus::Succeeded | pb::TaskStatus::Failed | pb::TaskStatus::Skipped)

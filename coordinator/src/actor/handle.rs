@@ -91,9 +91,16 @@ pub type Read = Box<dyn FnOnce(&View<'_>) + Send>;
 #[derive(Clone)]
 pub struct Handle {
     pub(super) tx: mpsc::Sender<Command>,
+    /// Task output, read without the actor.
+    pub(super) logs: crate::logstore::Logs,
 }
 
 impl Handle {
+    /// The task logs (output is written by the actor, read by anyone).
+    pub fn logs(&self) -> &crate::logstore::Logs {
+        &self.logs
+    }
+
     pub async fn send(&self, cmd: Command) -> Result<(), CoordError> {
         self.tx
             .send(cmd)

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use drover_proto::v1 as pb;
 use drover_scheduler::state::{Config, RunSpec, Scheduler};
 use tokio::sync::mpsc;
 
@@ -13,6 +14,7 @@ use super::{Actor, Conns, Handle, Retention};
 use crate::auth::{Auth, LeaseAccess};
 use crate::convert;
 use crate::error::CoordError;
+use crate::logstore::Logs;
 use crate::metrics::Metrics;
 use crate::otel::RunTracer;
 use crate::persist::Store;
@@ -28,9 +30,11 @@ const QUEUE: usize = 1024;
 pub const ID_GAP_AFTER_RESTART: u64 = 1 << 32;
 
 impl Actor {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         data_dir: PathBuf,
+        task_logs: Logs,
         retention: Retention,
         metrics: Arc<Metrics>,
         auth: Arc<Auth>,
@@ -77,11 +81,25 @@ impl Actor {
                 "restored from the store; leases wait for their agents to reconnect"
             );
         }
-        let mut logs: HashMap<String, RunLog> = loaded
-            .logs
-            .into_iter()
-            .map(|(run, events)| (run, RunLog::restore(events)))
-            .collect();
+        // Output in the events of a store from before task logs were kept apart moves to the
+        // task logs once (a task whose log exists is left alone), and out of the run logs.
+        let mut logs: HashMap<String, RunLog> = HashMap::new();
+        for (run, events) in loaded.logs {
+            let mut kept = Vec::with_capacity(events.len());
+            let mut moved = std::collections::HashSet::new();
+            for (event, submissions) in events {
+                match event.event {
+                    Some(pb::run_event::Event::TaskOutput(o)) => {
+                        if moved.contains(&o.task_id) || !task_logs.exists(&run, &o.task_id) {
+                            moved.insert(o.task_id.clone());
+                            task_logs.append(&run, &o.task_id, o.attempt, o.data);
+                        }
+                    }
+                    _ => kept.push((event, submissions)),
+                }
+            }
+            logs.insert(run, RunLog::restore(kept));
+        }
         for run in sched.run_summaries() {
             logs.entry(run.id).or_default();
         }
@@ -95,7 +113,12 @@ impl Actor {
             };
             auth.leases.issue(token, access);
         }
+        let handle = Handle {
+            tx,
+            logs: task_logs.clone(),
+        };
         let mut actor = Actor {
+            task_logs,
             sched,
             epoch,
             rx,
@@ -117,7 +140,7 @@ impl Actor {
             launch_templates: String::new(),
         };
         actor.note_end_times();
-        Ok((actor, Handle { tx }))
+        Ok((actor, handle))
     }
 
     /// The launch templates agents get in their Welcome (`--launch-templates`, as written).

@@ -66,6 +66,7 @@ impl Actor {
                 }
             }
             self.logs.remove(&run_id);
+            self.task_logs.forget(&run_id);
             self.store.forget(&run_id);
             forgotten += 1;
         }

@@ -18,9 +18,11 @@ use crate::test_support::TempDir;
 
 fn actor(dir: &TempDir) -> (Actor, Handle) {
     let auth = Auth::open(None, CacheTokens::default(), &dir.0).expect("auth");
+    let logs = crate::logstore::Logs::open(&dir.0, crate::logstore::DEFAULT_LIMIT).expect("logs");
     Actor::new(
         Config::default(),
         dir.0.clone(),
+        logs,
         Retention {
             keep: None,
             sweep_interval: Duration::from_secs(3600),

@@ -130,7 +130,8 @@ impl RunService for RunSvc {
             .grpc(&request, Scope::Read, "RunService/GetTaskLog")?;
         let req = request.into_inner();
         let run = run_ref(req.run_id, req.ci_execution_id)?;
-        let answer = self
+        let task_id = req.task_id.clone();
+        let (run_id, status) = self
             .actor
             .read(move |v| {
                 let run_id = v.sched.resolve(&run)?;
@@ -141,26 +142,31 @@ impl RunService for RunSvc {
                 let task = run
                     .tasks
                     .iter()
-                    .find(|t| t.task == req.task_id)
+                    .find(|t| t.task == task_id)
                     .ok_or_else(|| {
-                        SchedError::InvalidRun(format!(
-                            "run {run_id} has no task `{}`",
-                            req.task_id
-                        ))
+                        SchedError::InvalidRun(format!("run {run_id} has no task `{task_id}`"))
                     })?;
-                let (data, size) = v
-                    .logs
-                    .get(&run_id)
-                    .map(|l| l.task_log(&req.task_id, req.from as usize))
-                    .unwrap_or_default();
-                Ok::<_, SchedError>(pb::GetTaskLogResponse {
-                    data,
-                    size: size as u64,
-                    status: convert::status_to_proto(task.status) as i32,
-                })
+                Ok::<_, SchedError>((run_id, task.status))
             })
             .await?
             .map_err(CoordError::from)?;
+        let chunk = self
+            .actor
+            .logs()
+            .read_attempt(
+                &run_id,
+                &req.task_id,
+                (req.attempt > 0).then_some(req.attempt),
+                req.from,
+                crate::logstore::MAX_READ,
+            )
+            .await;
+        let answer = pb::GetTaskLogResponse {
+            data: chunk.data,
+            size: chunk.size,
+            status: convert::status_to_proto(status) as i32,
+            next: chunk.next,
+        };
         Ok(Response::new(answer))
     }
 

@@ -195,21 +195,28 @@ pub struct From {
     from: Option<usize>,
 }
 
-/// A task's status and its log from a byte offset on.
-pub fn task_log(
-    v: &View<'_>,
-    run: &str,
-    task: &str,
-    from: usize,
-) -> Option<(TaskStatus, Vec<u8>, usize)> {
+/// A task's status, if the run has the task.
+pub fn task_status(v: &View<'_>, run: &str, task: &str) -> Option<TaskStatus> {
     let view = v.sched.run_view(run)?;
-    let status = view.tasks.iter().find(|t| t.task == task)?.status;
-    let (data, size) = v
-        .logs
-        .get(run)
-        .map(|l| l.task_log(task, from))
-        .unwrap_or_default();
-    Some((status, data, size))
+    Some(view.tasks.iter().find(|t| t.task == task)?.status)
+}
+
+/// A task's status and up to 1 MiB of its log from a byte offset on.
+pub async fn task_log(
+    actor: &crate::Handle,
+    run: String,
+    task: String,
+    from: u64,
+) -> Result<Option<(TaskStatus, crate::logstore::Chunk)>, crate::error::CoordError> {
+    let (r, t) = (run.clone(), task.clone());
+    let Some(status) = actor.read(move |v| task_status(v, &r, &t)).await? else {
+        return Ok(None);
+    };
+    let chunk = actor
+        .logs()
+        .read(&run, &task, from, crate::logstore::MAX_READ)
+        .await;
+    Ok(Some((status, chunk)))
 }
 
 /// `GET /api/runs/RUN/tasks/TASK/log?from=BYTES`: the log's bytes from that offset, with the
@@ -231,8 +238,8 @@ pub async fn task_log_api(
         );
     };
     let from = q.from.unwrap_or(0);
-    match ui.actor.read(move |v| task_log(v, &run, &task, from)).await {
-        Ok(Some((status, data, size))) => (
+    match task_log(&ui.actor, run, task, from as u64).await {
+        Ok(Some((status, chunk))) => (
             [
                 (
                     header::CONTENT_TYPE,
@@ -240,7 +247,11 @@ pub async fn task_log_api(
                 ),
                 (
                     header::HeaderName::from_static("x-log-size"),
-                    size.to_string(),
+                    chunk.size.to_string(),
+                ),
+                (
+                    header::HeaderName::from_static("x-log-next"),
+                    chunk.next.to_string(),
                 ),
                 (
                     header::HeaderName::from_static("x-task-status"),
@@ -248,7 +259,7 @@ pub async fn task_log_api(
                 ),
                 (header::CACHE_CONTROL, "no-store".to_string()),
             ],
-            data,
+            chunk.data,
         )
             .into_response(),
         Ok(None) => text(StatusCode::NOT_FOUND, "no such run or task"),

@@ -13,6 +13,7 @@ use drover_scheduler::duration::format_duration;
 
 use super::api::{AgentJson, RunDetail, RunJson, agents_json, run_detail, run_json, task_log};
 use super::{Ui, page_refusal};
+use crate::logstore::Chunk;
 use crate::runlog::Attempt;
 
 /// Escapes text for HTML content and attribute values.
@@ -280,15 +281,18 @@ pub async fn task(
     if let Err(denied) = ui.reader(&headers) {
         return page_refusal(denied, peer, &path);
     }
-    let found = ui
-        .actor
-        .read(move |v| {
-            let detail = run_detail(v, &run)?;
-            let log = task_log(v, &run, &task, 0)?;
-            Some((detail, task, log))
-        })
-        .await;
-    let (detail, task, (st, log, size)) = match found {
+    let r = run.clone();
+    let detail = match ui.actor.read(move |v| run_detail(v, &r)).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return not_found("No such run or task."),
+        Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    };
+    let (
+        st,
+        Chunk {
+            data: log, next, ..
+        },
+    ) = match task_log(&ui.actor, run, task.clone(), 0).await {
         Ok(Some(x)) => x,
         Ok(None) => return not_found("No such run or task."),
         Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
@@ -302,7 +306,7 @@ pub async fn task(
         Err(e) if e.error_len().is_none() => e.valid_up_to(),
         Err(_) => log.len(),
     };
-    let size = size - (log.len() - whole);
+    let size = next - (log.len() - whole) as u64;
     let log = String::from_utf8_lossy(&log[..whole]);
     let body = format!(
         r#"<p class="crumbs"><a href="/ui/runs/{run_enc}">Run {run}</a></p>

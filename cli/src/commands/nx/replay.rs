@@ -123,42 +123,14 @@ pub(super) async fn print_outputs(
             (t.id.as_str(), attempt)
         })
         .collect();
+    // Each task's output from its log on the coordinator (the attempt that counted).
     let mut client = RunServiceClient::new(channel);
-    let request = pb::WatchRunRequest {
-        run_id: run_id.to_string(),
-        submission_id: submission,
-        from_seq: 1,
-        all_output: true,
-        ci_execution_id: String::new(),
-    };
     let mut output: HashMap<String, Vec<u8>> = HashMap::new();
-    let collect = async {
-        let mut stream = client.watch_run(request).await?.into_inner();
-        while let Some(event) = stream.message().await? {
-            match event.event {
-                Some(pb::run_event::Event::TaskOutput(o)) => {
-                    if let Some(&attempt) = wanted.get(o.task_id.as_str())
-                        && (attempt == 0 || o.attempt == attempt)
-                    {
-                        output.entry(o.task_id).or_default().extend(o.data);
-                    }
-                }
-                Some(pb::run_event::Event::SubmissionDone(_)) => break,
-                _ => {}
-            }
-        }
-        Ok::<(), tonic::Status>(())
-    };
-    match tokio::time::timeout(Duration::from_secs(30), collect).await {
-        Ok(Ok(())) => {}
-        Ok(Err(status)) => {
-            eprintln!(
-                "drover: could not fetch the output of non-cacheable tasks: {}",
-                status.message()
-            );
-        }
-        Err(_) => eprintln!("drover: gave up fetching the output of non-cacheable tasks"),
+    for (task, attempt) in &wanted {
+        let log = crate::follow::task_log(&mut client, run_id, task, *attempt).await;
+        output.insert(task.to_string(), log);
     }
+    let _ = submission;
     use std::io::Write as _;
     let mut out = std::io::stdout();
     for t in tasks {

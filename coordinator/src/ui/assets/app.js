@@ -573,7 +573,8 @@
       const total = Number(res.headers.get('X-Log-Size'));
       const final = FINAL_TASK.has(status);
       const pos = scrollPosition(log);
-      size += bytes.byteLength;
+      // Where the next read starts (past a cut, more than the bytes shown).
+      size = Number(res.headers.get('X-Log-Next')) || size + bytes.byteLength;
       ansi.write(decoder.decode(bytes, { stream: !final }));
       log.dataset.size = String(size);
       section.dataset.size = String(size);
