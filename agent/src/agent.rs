@@ -297,7 +297,7 @@ impl Agent {
             undelivered_results = self.session.undelivered(),
             "connected to the coordinator"
         );
-        self.session.connected();
+        self.session.connected(welcome.acks_results);
         let mut heartbeat = std::pin::pin!(sleep(self.jitter.spread(interval, HEARTBEAT_JITTER)));
         // (Each heartbeat is spread by up to a tenth either way, so a fleet that connected
         // at once does not heartbeat in step.)
@@ -390,6 +390,9 @@ impl Agent {
             }
             Some(coordinator_message::Msg::Welcome(_)) => {
                 tracing::warn!("ignoring a second Welcome on the same stream");
+            }
+            Some(coordinator_message::Msg::Ack(ack)) => {
+                self.session.acknowledged(&ack.lease_id, ack.fencing_token);
             }
             Some(coordinator_message::Msg::Settings(settings)) => {
                 let interval = heartbeat_interval(settings.heartbeat_interval_ms);
@@ -521,7 +524,13 @@ impl Agent {
                 reason: reason.to_owned(),
             });
         }
-        let delivered = connected || self.session.undelivered() == 0;
+        // Every result acknowledged (stored), or with an older coordinator handed to the
+        // stream.
+        let delivered = if self.session.acks() {
+            self.session.undelivered() == 0
+        } else {
+            connected || self.session.undelivered() == 0
+        };
         (self.session.is_draining() && delivered).then_some(AgentExit::Drained)
     }
 }

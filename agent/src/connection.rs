@@ -142,6 +142,7 @@ pub(crate) fn describe(msg: Option<&coordinator_message::Msg>) -> &'static str {
         Some(coordinator_message::Msg::Cancel(_)) => "Cancel",
         Some(coordinator_message::Msg::Stop(_)) => "Stop",
         Some(coordinator_message::Msg::Settings(_)) => "Settings",
+        Some(coordinator_message::Msg::Ack(_)) => "Ack",
         None => "a message this agent does not understand",
     }
 }

@@ -65,6 +65,7 @@ impl FakeCoordinator {
             heartbeat_interval_ms,
             lease_timeout_ms: 30_000,
             launch_templates: String::new(),
+            acks_results: false,
         }));
         (stream, hello)
     }

@@ -3,8 +3,10 @@
 //! feeds it events and asks it for messages.
 //!
 //! Delivery of results is at least once. A `Finished` handed to a stream stays
-//! "unconfirmed" until two more heartbeats went out on the same stream; if the stream is lost
-//! before that, the result is sent again after the next `Welcome` (and its lease is listed in
+//! "unconfirmed" until the coordinator acknowledges it (`Ack`, sent once the result is
+//! stored; coordinators whose Welcome says `acks_results`), or with an older coordinator until
+//! two more heartbeats went out on the same stream. If the stream is lost before that, the
+//! result is sent again after the next `Welcome` (and its lease is listed in
 //! `Hello.held_leases`). The coordinator ignores a repeated result for a lease it already closed.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -41,6 +43,8 @@ pub(crate) struct Session {
     /// number of heartbeats sent before it.
     unconfirmed: VecDeque<(Finished, u64)>,
     heartbeats_sent: u64,
+    /// The coordinator acknowledges results (else heartbeats confirm them).
+    acks: bool,
     heartbeat_due: bool,
     draining: bool,
     draining_due: bool,
@@ -55,6 +59,7 @@ impl Session {
             outbox: Outbox::new(output_limit),
             unconfirmed: VecDeque::new(),
             heartbeats_sent: 0,
+            acks: false,
             heartbeat_due: false,
             draining: false,
             draining_due: false,
@@ -175,8 +180,9 @@ impl Session {
         self.stop_reason.get_or_insert(reason);
     }
 
-    /// A new stream got its Welcome.
-    pub(crate) fn connected(&mut self) {
+    /// A new stream got its Welcome; `acks`: the coordinator acknowledges results.
+    pub(crate) fn connected(&mut self, acks: bool) {
+        self.acks = acks;
         self.outbox.set_connected(true);
         self.heartbeats_sent = 0;
         self.heartbeat_due = false;
@@ -196,6 +202,17 @@ impl Session {
         self.draining_due = false;
     }
 
+    /// The coordinator stored this result.
+    pub(crate) fn acknowledged(&mut self, lease_id: &str, token: u64) {
+        self.unconfirmed
+            .retain(|(f, _)| !(f.lease_id == lease_id && f.fencing_token == token));
+    }
+
+    /// Whether results wait for acknowledgements.
+    pub(crate) fn acks(&self) -> bool {
+        self.acks
+    }
+
     pub(crate) fn heartbeat_due(&mut self) {
         self.heartbeat_due = true;
     }
@@ -212,8 +229,10 @@ impl Session {
         } else if std::mem::take(&mut self.heartbeat_due) {
             self.heartbeats_sent += 1;
             let sent = self.heartbeats_sent;
-            self.unconfirmed
-                .retain(|(_, before)| before + CONFIRMING_HEARTBEATS > sent);
+            if !self.acks {
+                self.unconfirmed
+                    .retain(|(_, before)| before + CONFIRMING_HEARTBEATS > sent);
+            }
             Msg::Heartbeat(Heartbeat {
                 held_leases: self.held_for_heartbeat(),
             })
@@ -372,7 +391,7 @@ mod tests {
         assert_eq!(session.undelivered(), 1);
         session.connection_lost();
         assert_eq!(held_ids(&session.held_for_hello()), [("a", 1)]);
-        session.connected();
+        session.connected(false);
         let sent = send_all(&mut session);
         assert!(matches!(&sent[..], [Msg::Finished(f)] if f.lease_id == "a" && f.exit_code == 3));
     }
@@ -394,11 +413,36 @@ mod tests {
     }
 
     #[test]
+    fn with_acks_a_result_is_kept_until_the_coordinator_stored_it() {
+        let mut session = Session::new(2, OUTPUT_LIMIT);
+        session.connected(true);
+        start(&mut session, "a", 1);
+        session.task_finished(result("a", 1, 0));
+        send_all(&mut session);
+        for _ in 0..3 {
+            session.heartbeat_due();
+            send_all(&mut session);
+        }
+        assert_eq!(session.undelivered(), 1, "heartbeats do not confirm it");
+        session.acknowledged("a", 2);
+        assert_eq!(session.undelivered(), 1, "an ack of another token does not");
+        session.connection_lost();
+        session.connected(true);
+        let sent = send_all(&mut session);
+        assert!(
+            matches!(&sent[..], [Msg::Finished(f)] if f.lease_id == "a"),
+            "sent again"
+        );
+        session.acknowledged("a", 1);
+        assert_eq!(session.undelivered(), 0);
+    }
+
+    #[test]
     fn draining_is_announced_again_on_a_new_stream() {
         let mut session = Session::new(1, OUTPUT_LIMIT);
         session.drain(false);
         assert!(!session.has_message(), "nothing to send while disconnected");
-        session.connected();
+        session.connected(false);
         assert!(matches!(
             session.next_message().and_then(|m| m.msg),
             Some(Msg::Draining(_))

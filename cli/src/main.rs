@@ -153,3 +153,14 @@ fn init_tracing(default: &str) {
         .with_target(false)
         .init();
 }
+
+#[cfg(test)]
+mod cli_tests {
+    /// clap's own checks of every command's flags (duplicate names, bad defaults), which
+    /// otherwise only run when a command is used.
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

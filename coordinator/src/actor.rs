@@ -62,6 +62,8 @@ pub struct Actor {
     writer: writer::Writer,
     /// The number of the next batch handed to the writer.
     next_job: u64,
+    /// Results taken in by this batch, acknowledged to their agents once it is stored.
+    acks: Vec<(drover_scheduler::state::AgentId, String, u64)>,
     /// Runs whose logs recorded events in this batch.
     recorded: Vec<String>,
     /// Per batch not yet durable: how far each run's log may be published once it is.
@@ -162,6 +164,22 @@ impl Actor {
     }
 
     fn on(&mut self, cmd: Command) {
+        // While the store cannot write, nothing new is taken in from main jobs and operators:
+        // it could not be acknowledged. (Agents go on: their results wait, unacknowledged.)
+        let cmd = match cmd {
+            Command::StartRun { reply, .. }
+            | Command::Submit { reply, .. }
+            | Command::Complete { reply, .. }
+            | Command::Cancel { reply, .. }
+                if !self.writer.writable() =>
+            {
+                let _ = reply.send(Err(CoordError::StoreUnavailable(
+                    "its store cannot write; see the coordinator's log".into(),
+                )));
+                return;
+            }
+            cmd => cmd,
+        };
         match cmd {
             Command::StartRun {
                 request,
@@ -240,8 +258,14 @@ impl Actor {
                 self.replies.push((reply, result));
             }
             Command::FromAgent { agent, conn, event } => {
-                // Refusals of agent messages are actions, not errors: nothing to answer.
+                // Refusals of agent messages are actions, not errors: nothing to answer. A
+                // result is acknowledged once the batch that took it in is stored, whatever
+                // became of it (a repeat, or under a lease that ended, is acknowledged too:
+                // the agent need not send it again).
                 if self.conns.is_current(agent, conn) {
+                    if let Event::Finished { lease, token, .. } = &event {
+                        self.acks.push((agent, lease.to_string(), *token));
+                    }
                     let _ = self.apply(event);
                 }
             }
@@ -378,6 +402,15 @@ impl Actor {
         }
         for (agent, tx, msg) in now {
             writer::deliver(agent, &tx, msg);
+        }
+        for (agent, lease_id, fencing_token) in std::mem::take(&mut self.acks) {
+            if let Some(tx) = self.conns.sender(agent) {
+                let ack = pb::coordinator_message::Msg::Ack(pb::Ack {
+                    lease_id,
+                    fencing_token,
+                });
+                messages.push((agent, tx, pb::CoordinatorMessage { msg: Some(ack) }));
+            }
         }
         let replies = std::mem::take(&mut self.replies);
         let mut recorded = std::mem::take(&mut self.recorded);

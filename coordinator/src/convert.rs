@@ -124,6 +124,7 @@ fn welcome_to_proto(w: Welcome) -> pb::Welcome {
         heartbeat_interval_ms: w.heartbeat_interval.as_millis() as u64,
         lease_timeout_ms: w.lease_timeout.as_millis() as u64,
         launch_templates: String::new(),
+        acks_results: true,
     }
 }
 

@@ -21,6 +21,14 @@ pub enum CoordError {
     },
     #[error("store {path}: {message}")]
     Store { path: String, message: String },
+    #[error(
+        "store {path} is damaged: {reason}. It was left as it is. To start afresh (the runs in it are lost), move it away: `mv {path} {path}.damaged`; to keep them, put back a backup of the data dir"
+    )]
+    StoreDamaged { path: String, reason: String },
+    #[error(
+        "the coordinator cannot store anything right now ({0}); nothing new is accepted until it can. Try again"
+    )]
+    StoreUnavailable(String),
     #[error("cache: {0}")]
     Cache(#[from] crate::cache::CacheError),
     #[error("{0}")]
@@ -56,10 +64,11 @@ impl From<CoordError> for tonic::Status {
                 | SchedError::InvalidRun(_)
                 | SchedError::BadAgent { .. } => Status::invalid_argument(msg),
             },
-            CoordError::ShuttingDown => Status::unavailable(msg),
+            CoordError::ShuttingDown | CoordError::StoreUnavailable(_) => Status::unavailable(msg),
             CoordError::Bind { .. }
             | CoordError::DataDir { .. }
             | CoordError::Store { .. }
+            | CoordError::StoreDamaged { .. }
             | CoordError::Cache(_)
             | CoordError::Auth(_)
             | CoordError::Tls(_)

@@ -146,6 +146,8 @@ pub struct FleetConfig {
     /// client certificate.
     pub tls: bool,
     pub mtls: bool,
+    /// The coordinator's data dir (default: `data` in the fleet's directory).
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The tokens of a fleet with `auth`, by role.
@@ -174,6 +176,7 @@ impl Default for FleetConfig {
             auth: false,
             tls: false,
             mtls: false,
+            data_dir: None,
         }
     }
 }
@@ -547,7 +550,12 @@ fn start_coordinator(
             "--http-listen",
             http,
             "--data-dir",
-            dir.join("data").to_str().expect("utf-8 path"),
+            config
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| dir.join("data"))
+                .to_str()
+                .expect("utf-8 path"),
             "--heartbeat-interval",
             config.heartbeat_interval,
             "--lease-timeout",

@@ -115,3 +115,264 @@ fn a_task_that_prints_200_mb_keeps_a_bounded_log_and_the_coordinator_stays_small
         .unwrap_or(0);
     assert!(store < 20 * 1024 * 1024, "the store is {store} bytes");
 }
+
+/// A tmpfs of a few MiB mounted for the test (root only), unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(label: &str, mib: u32) -> Option<SmallDisk> {
+        let uid = std::process::Command::new("id").arg("-u").output().ok()?;
+        if text(&uid.stdout).trim() != "0" {
+            eprintln!("skipped: mounting a small tmpfs for a full disk needs root");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("drover-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallDisk(dir))
+    }
+
+    /// Fills the disk: a file as large as the room left.
+    fn fill(&self) {
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", self.0.join("filler").display()))
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.0.join("filler"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn http_status(fleet: &Fleet, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(fleet.http).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_full_disk_stops_acknowledging_and_nothing_is_lost_when_space_returns() {
+    let Some(disk) = SmallDisk::mount("full", 24) else {
+        return;
+    };
+    let mut fleet = Fleet::with_config(
+        "full-disk",
+        FleetConfig {
+            data_dir: Some(disk.0.join("data")),
+            ..FleetConfig::default()
+        },
+    );
+    let record = fleet.dir.join("record.txt");
+    fleet.agent("a1", "linux", 2, Some("full-1"));
+    let gate = fleet.dir.join("gate");
+    let graph = format!(
+        "tasks:\n  - {{ id: \"app:build\", command: 'while [ ! -e {gate} ]; do sleep 0.05; done; echo run >> {record}' }}\n",
+        gate = gate.display(),
+        record = record.display()
+    );
+    fleet.dir.write("tasks.yaml", &graph);
+    let run = |args: &[&str]| {
+        fleet
+            .drover(args)
+            .env("DROVER_CI_EXECUTION_ID", "full-1")
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["start-ci-run"]).status.success());
+    let exec = fleet
+        .drover(&["exec", "--graph", "tasks.yaml"])
+        .env("DROVER_CI_EXECUTION_ID", "full-1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drover_tests::eventually(Duration::from_secs(20), "the task starts", || {
+        text(&fleet.run(&["status"]).stdout)
+            .contains("running")
+            .then_some(())
+    });
+    // The disk fills up; the task ends: its result cannot be stored.
+    disk.fill();
+    std::fs::write(&gate, "").unwrap();
+    drover_tests::eventually(Duration::from_secs(20), "/readyz says not ready", || {
+        (http_status(&fleet, "/readyz") == 503).then_some(())
+    });
+    assert!(
+        fleet.coordinator_log().contains("the store cannot write"),
+        "{}",
+        fleet.logs()
+    );
+    // Nothing new is accepted, and it says why; reads go on.
+    let refused = fleet
+        .drover(&["start-ci-run"])
+        .env("DROVER_CI_EXECUTION_ID", "full-2")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("cannot store anything right now"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(fleet.run(&["status"]).status.success(), "reads are served");
+
+    // Space returns: everything that waited is stored and carried out.
+    disk.free();
+    let out = exec.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        fleet.logs()
+    );
+    assert!(
+        text(&out.stdout).contains("Summary: 1 succeeded"),
+        "{}",
+        text(&out.stdout)
+    );
+    drover_tests::eventually(Duration::from_secs(10), "ready again", || {
+        (http_status(&fleet, "/readyz") == 200).then_some(())
+    });
+    assert!(fleet.coordinator_log().contains("the store writes again"));
+
+    // A restart loses nothing acknowledged, and runs nothing that finished again.
+    fleet.restart_coordinator();
+    let status = text(&fleet.run(&["status"]).stdout);
+    assert!(status.contains("succeeded"), "{status}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read_to_string(&record).unwrap().lines().count(),
+        1,
+        "ran once"
+    );
+}
+
+/// `drover coordinator` on a data dir: its exit status and stderr when it exits within
+/// `patience`, else `None` (it serves).
+fn coordinator_on(data: &std::path::Path, patience: Duration) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(drover_tests::drover_bin())
+        .args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (status.code(), text(&out.stderr));
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return (None, "still running: it did not refuse the store".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_empty_truncated_or_damaged_store_is_refused_and_left_as_it_was() {
+    // A store with a run in it.
+    let mut fleet = Fleet::start("damaged");
+    fleet.agent("a1", "linux", 2, Some("dmg-1"));
+    let graph: String = std::iter::once("tasks:\n".to_string())
+        .chain((0..300).map(|i| format!("  - {{ id: \"p{i}:build\", command: 'echo {i}' }}\n")))
+        .collect();
+    let (ok, stdout) = exec(&fleet, "dmg-1", &graph);
+    assert!(ok, "{stdout}");
+    fleet.coordinator.as_ref().unwrap().signal("TERM");
+    fleet
+        .coordinator
+        .as_mut()
+        .unwrap()
+        .wait_for_exit(Duration::from_secs(10));
+    let store = fleet.dir.join("data/drover.redb");
+    let good = std::fs::read(&store).unwrap();
+    assert!(good.len() > 64 * 1024, "{} bytes", good.len());
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("damaged", {
+            // Garbage over the page that holds a task's record, in the file's middle.
+            let mut bad = good.clone();
+            let needle = b"p150:build";
+            let at = bad
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .expect("a task record in the store");
+            let page = at / 4096 * 4096;
+            for (k, b) in bad[page..page + 4096].iter_mut().enumerate() {
+                *b = (k as u8).wrapping_mul(151).wrapping_add(7);
+            }
+            bad
+        }),
+    ];
+    for (what, bytes) in cases {
+        let dir = fleet.dir.join(format!("data-{what}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("drover.redb"), &bytes).unwrap();
+        let (code, stderr) = coordinator_on(&dir, Duration::from_secs(20));
+        assert_eq!(code, Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains("drover.redb") && stderr.contains("is damaged"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            stderr.contains("mv "),
+            "{what}: says how to start afresh: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("drover.redb")).unwrap(),
+            bytes,
+            "{what}: left as it was"
+        );
+    }
+    // The good one still opens.
+    let (code, stderr) = {
+        let dir = fleet.dir.join("data-good");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("drover.redb"), &good).unwrap();
+        coordinator_on(&dir, Duration::from_secs(3))
+    };
+    assert_eq!(code, None, "the good store is served: {stderr}");
+}

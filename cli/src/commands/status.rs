@@ -18,6 +18,7 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub run: RunRefArgs,
     /// The run (default: the CI execution's, or the one `start-ci-run` remembered).
+    #[arg(value_name = "RUN", id = "run_positional")]
     pub run_id: Option<String>,
 }
 

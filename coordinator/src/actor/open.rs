@@ -42,7 +42,7 @@ impl Actor {
         tracer: Option<RunTracer>,
     ) -> Result<(Actor, Handle), CoordError> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (store, loaded) = Store::open(
+        let (mut store, loaded) = Store::open(
             &data_dir,
             |req| RunSpec::from_request(&convert::run_request(req)).map_err(|e| e.to_string()),
             retention.cutoff(SystemTime::now()),
@@ -113,6 +113,8 @@ impl Actor {
             };
             auth.leases.issue(token, access);
         }
+        let (db, path) = store.take_database().expect("the store was just opened");
+        let writer = super::writer::Writer::start(db, path, Arc::clone(&metrics));
         let handle = Handle {
             tx,
             logs: task_logs.clone(),
@@ -126,12 +128,13 @@ impl Actor {
             durations,
             logs,
             conns: Conns::default(),
-            writer: super::writer::Writer::start(Arc::clone(&metrics)),
+            writer,
             metrics,
             outbox: Vec::new(),
             replies: Vec::new(),
             next_job: 1,
             recorded: Vec::new(),
+            acks: Vec::new(),
             unpublished: Default::default(),
             retention,
             auth,

@@ -1,22 +1,28 @@
 //! The commit thread: writes what the scheduling thread sealed, then carries out what waited
-//! for it (replies, stops), in the order the batches were made.
+//! for it (replies, stops, result acknowledgements), in the order the batches were made.
 //!
 //! The scheduling thread never waits for the disk: it seals a batch (rows encoded), hands it
 //! here with what must not go out before it is stored, and takes the next commands. A client
-//! gets its answer only after the transaction that holds it is flushed; watchers get their
-//! events when the scheduling thread hears that the batch is durable (see
-//! [`Writer::durable`]). Batches that queue up
-//! while the disk is busy go out in one transaction (one flush for all of them), and when
-//! [`DEPTH`] of them wait the scheduling thread waits too, so memory stays bounded however
-//! slow the disk.
+//! gets its answer, and an agent the acknowledgement of a result, only after the transaction
+//! that holds it is flushed; watchers get their events when the scheduling thread hears that
+//! the batch is durable (see [`Writer::durable`]). Batches that queue up while the disk is
+//! busy go out in one transaction (one flush for all of them).
+//!
+//! When a write fails (a full disk, an I/O error) nothing of it is acknowledged: the batches
+//! wait here and are written again every second (redb's file opened afresh), while
+//! [`Writer::writable`] is false so that the scheduling thread accepts nothing new, and
+//! `/readyz` says not ready. When a write succeeds again, everything that waited goes out.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use drover_proto::v1 as pb;
 use drover_scheduler::state::{AgentId, Reply};
+use redb::Database;
 use tokio::sync::watch;
 
 use super::AgentTx;
@@ -25,13 +31,15 @@ use crate::error::CoordError;
 use crate::metrics::Metrics;
 use crate::persist::Sealed;
 
-/// Batches that may wait for the disk before the scheduling thread waits as well.
-const DEPTH: usize = 8;
+/// Batches merged into one transaction at most.
+const MAX_MERGED: usize = 256;
 /// How long a commit waits for more batches to share its flush. Nothing on the scheduling
 /// path waits for it (leases go at once); replies and watchers hear this much later at most,
 /// and a coordinator running few tasks at a time flushes a few hundred times a second instead
 /// of once per task.
 const LINGER: Duration = Duration::from_millis(2);
+/// How often a failing store is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// One batch of the scheduling thread: its rows, then what waits for them.
 pub(super) struct Job {
@@ -42,32 +50,54 @@ pub(super) struct Job {
 }
 
 pub(super) struct Writer {
-    tx: Option<SyncSender<Job>>,
+    tx: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     durable: watch::Receiver<u64>,
+    /// False while the store cannot write: the scheduling thread accepts nothing new.
+    writable: Arc<AtomicBool>,
 }
 
 impl Writer {
-    pub fn start(metrics: Arc<Metrics>) -> Writer {
-        let (tx, rx) = sync_channel(DEPTH);
+    /// Starts the commit thread, which owns the store's file from now on.
+    pub fn start(db: Database, path: PathBuf, metrics: Arc<Metrics>) -> Writer {
+        let (tx, rx) = channel();
         let (durable_tx, durable) = watch::channel(0);
-        let thread = std::thread::Builder::new()
-            .name("drover-commit".into())
-            .spawn(move || run(rx, metrics, durable_tx))
-            .expect("the commit thread starts");
+        let writable = Arc::new(AtomicBool::new(true));
+        let thread = {
+            let writable = writable.clone();
+            std::thread::Builder::new()
+                .name("drover-commit".into())
+                .spawn(move || {
+                    Thread {
+                        db: Some(db),
+                        path,
+                        metrics,
+                        durable: durable_tx,
+                        writable,
+                    }
+                    .run(rx)
+                })
+                .expect("the commit thread starts")
+        };
         Writer {
             tx: Some(tx),
             thread: Some(thread),
             durable,
+            writable,
         }
     }
 
-    /// Hands a batch over; waits only when [`DEPTH`] batches are waiting for the disk.
+    /// Hands a batch over.
     pub fn submit(&self, job: Job) {
         if let Some(tx) = &self.tx {
             // The thread ends only when the sender is dropped: sending cannot fail before.
             let _ = tx.send(job);
         }
+    }
+
+    /// Whether the store takes writes (false from a failed write until one succeeds).
+    pub fn writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed)
     }
 
     /// The number of the last batch that is on disk and carried out.
@@ -98,29 +128,93 @@ pub(super) fn deliver(agent: AgentId, tx: &AgentTx, msg: pb::CoordinatorMessage)
     }
 }
 
-fn run(rx: Receiver<Job>, metrics: Arc<Metrics>, durable: watch::Sender<u64>) {
-    while let Ok(first) = rx.recv() {
-        // Whatever comes within the linger (or queued up while the last flush ran) goes into
-        // this transaction.
-        let until = Instant::now() + LINGER;
-        let mut jobs = vec![first];
-        while jobs.len() < DEPTH * 4 {
-            let left = until.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+struct Thread {
+    /// `None` after an I/O error until the file opens again.
+    db: Option<Database>,
+    path: PathBuf,
+    metrics: Arc<Metrics>,
+    durable: watch::Sender<u64>,
+    writable: Arc<AtomicBool>,
+}
+
+impl Thread {
+    fn run(mut self, rx: Receiver<Job>) {
+        let mut pending: Vec<Job> = Vec::new();
+        let mut failing: Option<String> = None;
+        let mut open = true;
+        while open || !pending.is_empty() {
+            if pending.is_empty() {
+                match rx.recv() {
+                    Ok(job) => pending.push(job),
+                    Err(_) => break,
+                }
+            }
+            // Whatever comes within the linger (or, while the store fails, until the next
+            // try) goes into this transaction.
+            let wait = if failing.is_some() { RETRY } else { LINGER };
+            let until = Instant::now() + wait;
+            while open && pending.len() < MAX_MERGED {
+                let left = until.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(job) => pending.push(job),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+            }
+            match self.write(&pending) {
+                Ok(()) => {
+                    if failing.take().is_some() {
+                        tracing::info!(path = %self.path.display(), "the store writes again; carrying on");
+                    }
+                    self.writable.store(true, Ordering::Relaxed);
+                    self.metrics.set_store_writable(true);
+                    self.carry_out(std::mem::take(&mut pending));
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    if failing.is_none() {
+                        tracing::error!(
+                            path = %self.path.display(),
+                            error = %e,
+                            "the store cannot write: nothing new is acknowledged until it can (trying again every second; /readyz says not ready)"
+                        );
+                    }
+                    failing = Some(e);
+                    self.writable.store(false, Ordering::Relaxed);
+                    self.metrics.set_store_writable(false);
+                    if !open {
+                        tracing::error!(
+                            batches = pending.len(),
+                            "stopping with changes the store could not write: they were not acknowledged"
+                        );
+                        return;
+                    }
+                    // redb must open its file again after an I/O error.
+                    self.db = None;
+                    match Database::create(&self.path) {
+                        Ok(db) => self.db = Some(db),
+                        Err(e) => tracing::debug!(error = %e, "the store does not open yet"),
+                    }
+                }
             }
         }
-        let sealed: Vec<Sealed> = jobs.iter_mut().filter_map(|j| j.sealed.take()).collect();
-        if !sealed.is_empty() {
-            let started = Instant::now();
-            let result = Sealed::write_all(sealed);
-            metrics.store_commit(started.elapsed());
-            metrics.set_store_writable(result.is_ok());
-            if let Err(e) = result {
-                tracing::error!(error = %e, "could not store the latest changes; a restart now would lose them");
-            }
+    }
+
+    fn write(&self, jobs: &[Job]) -> Result<(), String> {
+        let sealed: Vec<&Sealed> = jobs.iter().filter_map(|j| j.sealed.as_ref()).collect();
+        if sealed.is_empty() {
+            return Ok(());
         }
+        let Some(db) = &self.db else {
+            return Err("the store file is not open".into());
+        };
+        let started = Instant::now();
+        let result = Sealed::write_all(db, sealed);
+        self.metrics.store_commit(started.elapsed());
+        result.map_err(|e| e.to_string())
+    }
+
+    fn carry_out(&self, jobs: Vec<Job>) {
         let mut last = 0;
         for job in jobs {
             last = job.seq;
@@ -131,6 +225,6 @@ fn run(rx: Receiver<Job>, metrics: Arc<Metrics>, durable: watch::Sender<u64>) {
                 let _ = reply.send(result);
             }
         }
-        let _ = durable.send(last);
+        let _ = self.durable.send(last);
     }
 }

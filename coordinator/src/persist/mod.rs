@@ -24,7 +24,6 @@ mod rows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use drover_proto::v1 as pb;
 use drover_scheduler::TaskSpec;
@@ -60,8 +59,11 @@ pub struct Loaded {
     pub logs: HashMap<String, Vec<(pb::RunEvent, Vec<u64>)>>,
     /// Runs that had ended before the cutoff given to [`Store::open`]: deleted, not loaded.
     pub forgotten: Vec<String>,
-    /// Records that could not be read; the restart goes on without them.
+    /// Runs that could not be rebuilt from what was stored (their settings no longer
+    /// check); the restart goes on without them.
     pub problems: Vec<String>,
+    /// Records that could not be decoded: a damaged store, refused (see [`Store::open`]).
+    damage: Vec<String>,
 }
 
 /// What changed since the last commit.
@@ -92,13 +94,73 @@ impl Batch {
 }
 
 pub struct Store {
-    db: Arc<Database>,
+    /// The open file, until the commit thread takes it ([`Store::take_database`]).
+    db: Option<Database>,
     path: PathBuf,
     /// The write counter: orders runs, submissions and task records for the replay.
     version: u64,
     runs: HashMap<String, RunRow>,
     counters: Counters,
     batch: Batch,
+}
+
+/// A store refused at start, and how to go on.
+fn damaged(path: &Path, reason: &str) -> CoordError {
+    CoordError::StoreDamaged {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Opens the store file, or creates it when there is none. A file that is empty, truncated or
+/// damaged is refused and left exactly as it was: redb's integrity check repairs what it can,
+/// so it runs on a copy.
+fn open_verified(path: &Path) -> Result<Database, CoordError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Database::create(path).map_err(|e| store_error(path, e));
+        }
+        Err(e) => return Err(store_error(path, e)),
+        Ok(m) if m.len() == 0 => return Err(damaged(path, "the file is empty (0 bytes)")),
+        Ok(_) => {}
+    }
+    let copy = path.with_extension("redb.verifying");
+    std::fs::copy(path, &copy).map_err(|e| {
+        store_error(
+            path,
+            format!("cannot make a copy to check ({}): {e}", copy.display()),
+        )
+    })?;
+    // redb may panic on a page it cannot make sense of: that is a damaged file too.
+    let checked = copy.clone();
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let verdict = std::panic::catch_unwind(move || {
+        Database::open(&checked)
+            .map_err(|e| e.to_string())
+            .and_then(|mut db| db.check_integrity().map_err(|e| e.to_string()))
+    });
+    std::panic::set_hook(quiet);
+    let _ = std::fs::remove_file(&copy);
+    let verdict = verdict.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "redb could not read it".into());
+        Err(what)
+    });
+    match verdict {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(damaged(
+                path,
+                "it fails redb's integrity check (redb could repair it, losing what it cannot read)",
+            ));
+        }
+        Err(e) => return Err(damaged(path, &e)),
+    }
+    Database::open(path).map_err(|e| damaged(path, &e.to_string()))
 }
 
 fn store_error(path: &Path, e: impl std::fmt::Display) -> CoordError {
@@ -122,9 +184,9 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(FILE);
-        let db = Database::create(&path).map_err(|e| store_error(&path, e))?;
+        let db = open_verified(&path)?;
         let mut store = Store {
-            db: Arc::new(db),
+            db: Some(db),
             path,
             version: 0,
             runs: HashMap::new(),
@@ -133,7 +195,16 @@ impl Store {
         };
         let loaded = store
             .load(run_spec, forget_ended_before)
-            .map_err(|e| store_error(&store.path, e))?;
+            .map_err(|e| damaged(&store.path, &e.to_string()))?;
+        if !loaded.damage.is_empty() {
+            let shown: Vec<&str> = loaded.damage.iter().take(5).map(String::as_str).collect();
+            let more = loaded.damage.len().saturating_sub(shown.len());
+            let mut reason = format!("records cannot be read: {}", shown.join("; "));
+            if more > 0 {
+                reason.push_str(&format!("; and {more} more"));
+            }
+            return Err(damaged(&store.path, &reason));
+        }
         Ok((store, loaded))
     }
 
@@ -142,9 +213,10 @@ impl Store {
         run_spec: impl Fn(pb::StartRunRequest) -> Result<drover_scheduler::state::RunSpec, String>,
         forget_ended_before: Option<u64>,
     ) -> Result<Loaded, redb::Error> {
+        let db = self.db.as_ref().expect("open while loading");
         let mut loaded = Loaded::default();
         // Create the tables on first use, so that reading finds them.
-        let mut txn = self.db.begin_write()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut meta = txn.open_table(META)?;
@@ -164,7 +236,7 @@ impl Store {
         }
         txn.commit()?;
 
-        let txn = self.db.begin_read()?;
+        let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |key: &str| -> Result<u64, redb::Error> {
             Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
@@ -183,14 +255,23 @@ impl Store {
         for entry in txn.open_table(RUNS)?.iter()? {
             let (id, row) = entry?;
             let id = id.value().to_string();
-            let Some(row) = decode::<RunRow>(&mut loaded.problems, &id, row.value()) else {
+            let Some(row) = decode::<RunRow>(&mut loaded.damage, &id, row.value()) else {
                 continue;
             };
             let spec = match requests.get(id.as_str())? {
-                None => Err("its request is missing".to_string()),
-                Some(bytes) => pb::StartRunRequest::decode(bytes.value())
-                    .map_err(|e| e.to_string())
-                    .and_then(&run_spec),
+                None => {
+                    loaded
+                        .damage
+                        .push(format!("run {id}: its request is missing"));
+                    continue;
+                }
+                Some(bytes) => match pb::StartRunRequest::decode(bytes.value()) {
+                    Ok(request) => run_spec(request),
+                    Err(e) => {
+                        loaded.damage.push(format!("run {id}: its request: {e}"));
+                        continue;
+                    }
+                },
             };
             match spec {
                 Ok(spec) => {
@@ -214,7 +295,7 @@ impl Store {
             let (key, row) = entry?;
             let (run_id, n) = key.value();
             let what = format!("submission {n} of run {run_id}");
-            if let Some(row) = decode::<SubmissionRow>(&mut loaded.problems, &what, row.value()) {
+            if let Some(row) = decode::<SubmissionRow>(&mut loaded.damage, &what, row.value()) {
                 steps.push((
                     row.version,
                     Replay::Submit {
@@ -228,7 +309,7 @@ impl Store {
             let (key, row) = entry?;
             let (run_id, task_id) = key.value();
             let what = format!("task {task_id} of run {run_id}");
-            if let Some(row) = decode::<TaskRow>(&mut loaded.problems, &what, row.value()) {
+            if let Some(row) = decode::<TaskRow>(&mut loaded.damage, &what, row.value()) {
                 steps.push((
                     row.version,
                     Replay::Task {
@@ -245,7 +326,7 @@ impl Store {
         for entry in txn.open_table(AGENTS)?.iter()? {
             let (id, row) = entry?;
             let what = format!("agent-{}", id.value());
-            if let Some(a) = decode::<AgentRecord>(&mut loaded.problems, &what, row.value()) {
+            if let Some(a) = decode::<AgentRecord>(&mut loaded.damage, &what, row.value()) {
                 loaded.restore.agents.push(a);
             }
         }
@@ -257,7 +338,7 @@ impl Store {
             // Sequence numbers are dense; a gap would renumber what follows, so stop there.
             if seq != log.len() as u64 + 1 {
                 if seq > log.len() as u64 + 1 {
-                    loaded.problems.push(format!(
+                    loaded.damage.push(format!(
                         "run {run_id}: events from {seq} on are out of order"
                     ));
                 }
@@ -266,7 +347,7 @@ impl Store {
             match StoredEvent::decode(bytes.value()) {
                 Ok(e) => log.push((e.event.unwrap_or_default(), e.submissions)),
                 Err(e) => loaded
-                    .problems
+                    .damage
                     .push(format!("run {run_id}: event {seq}: {e}")),
             }
         }
@@ -392,10 +473,18 @@ impl Store {
     /// Writes everything noted since the last commit in one durable transaction.
     #[cfg(test)]
     pub fn commit(&mut self, sched: &Scheduler) -> Result<(), CoordError> {
-        match self.seal(sched) {
-            Some(sealed) => sealed.write(),
-            None => Ok(()),
+        match (self.seal(sched), &self.db) {
+            (Some(sealed), Some(db)) => {
+                Sealed::write_all(db, &[sealed]).map_err(|e| store_error(&self.path, e))
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// The open file and its path, for the commit thread, which writes every batch from now
+    /// on (and may reopen the file after an I/O error).
+    pub fn take_database(&mut self) -> Option<(Database, PathBuf)> {
+        Some((self.db.take()?, self.path.clone()))
     }
 
     /// Everything noted since the last commit, encoded as rows, to be written by
@@ -428,8 +517,6 @@ impl Store {
             })
             .collect();
         Some(Sealed {
-            db: self.db.clone(),
-            path: self.path.clone(),
             meta: batch.meta,
             runs,
             requests: batch.requests,
@@ -444,8 +531,6 @@ impl Store {
 
 /// One commit's rows, ready to write.
 pub struct Sealed {
-    db: Arc<Database>,
-    path: PathBuf,
     meta: BTreeMap<&'static str, u64>,
     runs: Vec<(String, Vec<u8>)>,
     requests: Vec<(String, Vec<u8>)>,
@@ -457,28 +542,18 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// Writes the rows in one transaction, flushed to disk before it returns.
-    #[cfg(test)]
-    pub fn write(self) -> Result<(), CoordError> {
-        Sealed::write_all(vec![self])
-    }
-
-    /// Writes several batches, in order, in one transaction (one flush for all).
-    pub fn write_all(batches: Vec<Sealed>) -> Result<(), CoordError> {
-        let Some(first) = batches.first() else {
-            return Ok(());
-        };
-        let (db, path) = (first.db.clone(), first.path.clone());
-        let write = || -> Result<(), redb::Error> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            for batch in &batches {
-                batch.write_into(&txn)?;
-            }
-            txn.commit()?;
-            Ok(())
-        };
-        write().map_err(|e| store_error(&path, e))
+    /// Writes batches, in order, in one transaction flushed to disk before it returns.
+    pub fn write_all<'a>(
+        db: &Database,
+        batches: impl IntoIterator<Item = &'a Sealed>,
+    ) -> Result<(), redb::Error> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        for batch in batches {
+            batch.write_into(&txn)?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     fn write_into(&self, txn: &WriteTransaction) -> Result<(), redb::Error> {

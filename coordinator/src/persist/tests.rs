@@ -271,7 +271,7 @@ fn finished_run(o: &mut Owner, agent: AgentId, exec: &str, ended_at: u64) -> Str
 
 /// Rows of one run in every run-keyed table: runs, run_requests, submissions, tasks, events.
 fn rows_of(store: &Store, run: &str) -> [usize; 5] {
-    let txn = store.db.begin_read().unwrap();
+    let txn = store.db.as_ref().unwrap().begin_read().unwrap();
     let count_str = |t: TableDefinition<&str, &[u8]>| {
         let table = txn.open_table(t).unwrap();
         table
