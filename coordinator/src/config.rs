@@ -39,6 +39,9 @@ pub struct CoordinatorConfig {
     pub launch_templates: Option<PathBuf>,
     /// What one attempt of a task keeps of its output: its first and last halves of this.
     pub task_log_limit: u64,
+    /// How long an HTTP client may take to send its request headers (and an idle keep-alive
+    /// connection may stay open).
+    pub http_header_timeout: Duration,
 }
 
 impl CoordinatorConfig {
@@ -60,6 +63,7 @@ impl CoordinatorConfig {
             otlp_endpoint: None,
             launch_templates: None,
             task_log_limit: crate::logstore::DEFAULT_LIMIT,
+            http_header_timeout: crate::http::HEADER_TIMEOUT,
         }
     }
 }

@@ -31,7 +31,6 @@ use drover_proto::v1::agent_service_server::AgentServiceServer;
 use drover_proto::v1::run_service_server::RunServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::CoordinatorConfig;
@@ -57,6 +56,7 @@ pub struct Coordinator {
     metrics: Arc<Metrics>,
     auth: Arc<Auth>,
     tls: Option<ServerTls>,
+    http_header_timeout: Duration,
 }
 
 /// Connections a listener holds before they are accepted. A whole fleet reconnects at once
@@ -73,6 +73,11 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)
+}
+
+/// The HTTP port's header timeout by default.
+pub fn http_header_timeout_default() -> Duration {
+    http::HEADER_TIMEOUT
 }
 
 fn bind_error(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> CoordError {
@@ -159,6 +164,7 @@ impl Coordinator {
             metrics,
             auth,
             tls,
+            http_header_timeout: config.http_header_timeout,
         })
     }
 
@@ -226,12 +232,24 @@ impl Coordinator {
         if let Some(tls) = grpc_tls {
             server = server.tls_config(tls)?;
         }
-        // Small messages go out at once (no Nagle delay on leases and results).
-        let incoming = TcpListenerStream::new(self.grpc).map(|s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
+        // Small messages go out at once (no Nagle delay on leases and results). A failed
+        // accept (out of file descriptors) is logged and waited out, not spun on in silence.
+        let incoming = futures_util::StreamExt::filter_map(
+            TcpListenerStream::new(self.grpc),
+            |accepted| async move {
+                match accepted {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        Some(Ok::<_, std::io::Error>(s))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "grpc: cannot accept a connection (is the open-files limit too low? see `ulimit -n`)");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        None
+                    }
+                }
+            },
+        );
         let auth = self.auth.clone();
         let grpc = server
             .add_service(health)
@@ -258,7 +276,13 @@ impl Coordinator {
                 auth.clone(),
                 http_tls.is_some(),
             ));
-        let http = http::serve(self.http, routes, http_tls, stopped(stop_rx.clone()));
+        let http = http::serve(
+            self.http,
+            routes,
+            http_tls,
+            self.http_header_timeout,
+            stopped(stop_rx.clone()),
+        );
         let eviction = self.cache.evict_periodically(stopped(stop_rx.clone()));
         let reload = reload_on_sighup(auth, stopped(stop_rx.clone()));
         // The actor stops first: that ends every agent and watch stream, so the servers'

@@ -376,3 +376,57 @@ fn an_empty_truncated_or_damaged_store_is_refused_and_left_as_it_was() {
     };
     assert_eq!(code, None, "the good store is served: {stderr}");
 }
+
+#[test]
+fn the_http_port_closes_silent_and_idle_connections_and_refuses_a_large_upload_at_once() {
+    use std::io::{Read, Write};
+    let fleet = Fleet::with_config(
+        "http-limits",
+        FleetConfig {
+            coordinator_args: vec![
+                "--http-header-timeout".into(),
+                "1s".into(),
+                "--cache-max-entry-size".into(),
+                "1MiB".into(),
+            ],
+            ..FleetConfig::default()
+        },
+    );
+    let connect = || {
+        let s = std::net::TcpStream::connect(fleet.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let started = std::time::Instant::now();
+    // 200 connections that say nothing, one that sent half its headers, one idle after a request.
+    let mut silent: Vec<_> = (0..200).map(|_| connect()).collect();
+    let mut half = connect();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = connect();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 512];
+    assert!(idle.read(&mut answer).unwrap() > 0);
+    for s in silent.iter_mut().chain([&mut half, &mut idle]) {
+        let mut buf = [0u8; 512];
+        // Closed: a read ends (0 bytes, or a reset) well before the 10 s read timeout.
+        let _ = s.read(&mut buf);
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    // The port still serves.
+    assert!(!fleet.http_get("/healthz").trim().is_empty());
+
+    // A declared upload over the limit is refused before its body is sent.
+    let mut up = connect();
+    write!(
+        up,
+        "PUT /v1/cache/abc HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = up.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}

@@ -53,6 +53,10 @@ pub struct CoordinatorArgs {
     /// halves of this, with a line saying how much was cut between (at least 1 KiB).
     #[arg(long, env = "DROVER_TASK_LOG_LIMIT", default_value_t = Size(drover_coordinator::logstore::DEFAULT_LIMIT), value_parser = task_log_limit)]
     pub task_log_limit: Size,
+    /// How long an HTTP client may take to send its request headers; an idle keep-alive
+    /// connection is closed after as long.
+    #[arg(long, env = "DROVER_HTTP_HEADER_TIMEOUT", default_value_t = Positive(drover_coordinator::http_header_timeout_default()), hide = true)]
+    pub http_header_timeout: Positive,
     /// How often ended runs are checked against the run retention.
     #[arg(long, env = "DROVER_RETENTION_SWEEP_INTERVAL", default_value_t = Positive(CoordinatorConfig::DEFAULT_RETENTION_SWEEP), hide = true)]
     pub retention_sweep_interval: Positive,
@@ -171,6 +175,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     config.run_retention = (!args.run_retention.0.is_zero()).then_some(args.run_retention.0);
     config.retention_sweep_interval = args.retention_sweep_interval.0;
     config.task_log_limit = args.task_log_limit.0;
+    config.http_header_timeout = args.http_header_timeout.0;
     config.cache = args.cache.config();
     config.auth_file = args.auth_file;
     config.insecure_no_auth = args.insecure_no_auth;

@@ -88,9 +88,14 @@ async fn put_entry(
         .and_then(|v| v.parse::<u64>().ok());
     let counters = cache.counters();
     if declared.is_some_and(|n| n > limit) {
+        // Said before a byte of it is read; the connection closes rather than take the rest.
         counters.too_large.inc();
-        drain(&mut stream).await;
-        return too_large(limit);
+        let mut refused = too_large(limit);
+        refused.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return refused;
     }
     let outcome = cache.backend().put(&stored_as, &mut stream, limit).await;
     if matches!(outcome, Ok(PutOutcome::Exists | PutOutcome::TooLarge)) {

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-pub use serve::serve;
+pub use serve::{HEADER_TIMEOUT, serve};
 
 use crate::actor::Handle;
 use crate::auth::{Auth, Denied, Scope, audit_refusal};

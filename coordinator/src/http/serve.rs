@@ -1,5 +1,7 @@
 //! Serving the HTTP port: the accept loop, TLS when configured, and limits that keep idle or
-//! slow clients from holding the port (a header-read timeout, a cap on open connections).
+//! slow clients from holding the port: a connection must start its request (or its TLS
+//! handshake) and send its headers within [`HEADER_TIMEOUT`], an idle keep-alive connection
+//! is closed after it too, and at most [`MAX_CONNECTIONS`] are open.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,7 +20,8 @@ use tokio_rustls::TlsAcceptor;
 
 /// Open connections at most; more are closed at once (and logged).
 pub const MAX_CONNECTIONS: usize = 1024;
-/// A client must send its request headers (and finish a TLS handshake) within this.
+/// A client must send its request headers (and finish a TLS handshake) within this, by
+/// default (`--http-header-timeout`).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may take to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -28,6 +31,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    header_timeout: Duration,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
@@ -37,7 +41,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(header_timeout);
     let builder = Arc::new(builder);
     tokio::pin!(stop);
     loop {
@@ -70,13 +74,20 @@ pub async fn serve(
             let _slot = slot;
             match acceptor {
                 None => {
+                    // A client that connects and says nothing is not waited for: the protocol
+                    // is told from its first bytes, and hyper's header timeout starts after.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 Some(acceptor) => {
                     let tls =
-                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "http: TLS handshake failed");
