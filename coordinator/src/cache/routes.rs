@@ -88,8 +88,13 @@ async fn put_entry(
         .and_then(|v| v.parse::<u64>().ok());
     let counters = cache.counters();
     if declared.is_some_and(|n| n > limit) {
-        // Said before a byte of it is read; the connection closes rather than take the rest.
+        // Said before a byte of it is read. What the client goes on sending is read and
+        // dropped beside the answer (bounded, as nginx's lingering close), so it reads the
+        // answer rather than a reset; then the connection closes.
         counters.too_large.inc();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(LINGER, drain(&mut stream)).await;
+        });
         let mut refused = too_large(limit);
         refused.headers_mut().insert(
             header::CONNECTION,
@@ -147,6 +152,8 @@ where
 
 /// Past this, a refused upload's connection is closed rather than read to its end.
 const DRAIN_LIMIT: usize = 64 << 20;
+/// How long the rest of an upload refused up front is read before the connection closes.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn too_large(limit: u64) -> Response {
     text(
