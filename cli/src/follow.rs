@@ -166,8 +166,8 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                             "[{}] RETRY {} failed on {} ({}); trying again",
                             counts.line(f.total),
                             t.task_id,
-                            t.agent,
-                            t.reason
+                            printable(&t.agent),
+                            printable(&t.reason)
                         );
                         continue;
                     }
@@ -192,9 +192,13 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                         ),
                         pb::TaskStatus::Failed => (
                             "FAILED",
-                            format!("on {}: {}", agent_or_none(&t.agent), t.reason),
+                            format!(
+                                "on {}: {}",
+                                printable(agent_or_none(&t.agent)),
+                                printable(&t.reason)
+                            ),
                         ),
-                        _ => ("skipped", t.reason.clone()),
+                        _ => ("skipped", printable(&t.reason)),
                     };
                     let _ = writeln!(
                         out,
@@ -210,7 +214,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                         "[{}] requeued {}: {}",
                         counts.line(f.total),
                         r.task_id,
-                        r.reason
+                        printable(&r.reason)
                     );
                 }
                 Event::Waiting(w) => {
@@ -293,6 +297,24 @@ fn is_transient(status: &tonic::Status) -> bool {
     )
 }
 
+/// Text from agents (names, reasons) as it may be printed on a terminal: control characters
+/// escaped, so none can move the cursor, recolour or retitle the main job's log.
+fn printable(text: &str) -> String {
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        text.chars()
+            .map(|c| {
+                if c.is_control() && c != '\t' {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        text.to_string()
+    }
+}
+
 fn agent_or_none(agent: &str) -> &str {
     if agent.is_empty() { "no agent" } else { agent }
 }
@@ -335,4 +357,16 @@ fn print_summary(out: &mut impl Write, done: &pb::SubmissionDoneEvent, took: Dur
         format!("{} attempts", t.attempts)
     });
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn control_characters_from_agents_are_escaped() {
+        assert_eq!(super::printable("exit code 3"), "exit code 3");
+        assert_eq!(
+            super::printable("\u{1b}]0;owned\u{7}boom"),
+            "\\u{1b}]0;owned\\u{7}boom"
+        );
+    }
 }

@@ -253,7 +253,15 @@ impl Actor {
                     if let Some(record) = self.sched.agent_record(*id) {
                         self.store.agent(&record);
                     }
-                    tracing::info!(agent = %name, id = %id, "agent connected");
+                    tracing::info!(agent = %name.escape_debug(), id = %id, "agent connected");
+                    let same = self.sched.connected_named(&name);
+                    if same > 1 {
+                        tracing::warn!(
+                            agent = %name.escape_debug(),
+                            connected = same,
+                            "agents on different machines are connected under one name: give each its own --name, or their logs, results and the UI mix them up"
+                        );
+                    }
                 }
                 self.replies.push((reply, result));
             }

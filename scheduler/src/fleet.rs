@@ -34,15 +34,20 @@ pub enum FleetSpecError {
         "`{group}` has too many words; expected `COUNT TEMPLATE:SLOTS`, e.g. `3 linux-medium:2`"
     )]
     TooManyWords { group: String },
-    #[error("`{group}`: COUNT `{count}` is not a whole number from 1 to {max}", max = u32::MAX)]
+    #[error("`{group}`: COUNT `{count}` is not a whole number from 1 to {MAX_AGENTS}")]
     BadCount { group: String, count: String },
-    #[error("`{group}`: SLOTS `{slots}` is not a whole number from 1 to {max}", max = u32::MAX)]
+    #[error("`{group}`: SLOTS `{slots}` is not a whole number from 1 to {MAX_SLOTS}")]
     BadSlots { group: String, slots: String },
     #[error("`{group}` has no TEMPLATE; expected `COUNT TEMPLATE:SLOTS`, e.g. `3 linux-medium:2`")]
     MissingTemplate { group: String },
 }
 
 const EXAMPLE: &str = "3 linux-medium:2, 1 linux-large:4";
+
+/// The most slots one agent may have (its Hello is refused above this).
+pub const MAX_SLOTS: u32 = 1024;
+/// The most agents one group of a SPEC may have.
+pub const MAX_AGENTS: u32 = 100_000;
 
 impl FleetSpec {
     pub fn parse(spec: &str) -> Result<FleetSpec, FleetSpecError> {
@@ -95,17 +100,21 @@ impl AgentGroup {
         };
         let count = match count {
             None => 1,
-            Some(count) => positive(count).ok_or_else(|| FleetSpecError::BadCount {
-                group: group.to_string(),
-                count: count.to_string(),
-            })?,
+            Some(count) => positive(count)
+                .filter(|&n| n <= MAX_AGENTS)
+                .ok_or_else(|| FleetSpecError::BadCount {
+                    group: group.to_string(),
+                    count: count.to_string(),
+                })?,
         };
         let (template, slots) = match template.split_once(':') {
             None => (template, 1),
             Some((template, slots)) => {
-                let slots = positive(slots).ok_or_else(|| FleetSpecError::BadSlots {
-                    group: group.to_string(),
-                    slots: slots.to_string(),
+                let slots = positive(slots).filter(|&n| n <= MAX_SLOTS).ok_or_else(|| {
+                    FleetSpecError::BadSlots {
+                        group: group.to_string(),
+                        slots: slots.to_string(),
+                    }
                 })?;
                 (template, slots)
             }
@@ -249,27 +258,27 @@ mod tests {
         );
         assert_eq!(
             error("1 a, x linux-medium:2"),
-            "`x linux-medium:2`: COUNT `x` is not a whole number from 1 to 4294967295"
+            "`x linux-medium:2`: COUNT `x` is not a whole number from 1 to 100000"
         );
         assert_eq!(
             error("0 linux-medium"),
-            "`0 linux-medium`: COUNT `0` is not a whole number from 1 to 4294967295"
+            "`0 linux-medium`: COUNT `0` is not a whole number from 1 to 100000"
         );
         assert_eq!(
             error("-1 linux-medium"),
-            "`-1 linux-medium`: COUNT `-1` is not a whole number from 1 to 4294967295"
+            "`-1 linux-medium`: COUNT `-1` is not a whole number from 1 to 100000"
         );
         assert_eq!(
             error("3 linux-medium:"),
-            "`3 linux-medium:`: SLOTS `` is not a whole number from 1 to 4294967295"
+            "`3 linux-medium:`: SLOTS `` is not a whole number from 1 to 1024"
         );
         assert_eq!(
             error("3 linux-medium:+2"),
-            "`3 linux-medium:+2`: SLOTS `+2` is not a whole number from 1 to 4294967295"
+            "`3 linux-medium:+2`: SLOTS `+2` is not a whole number from 1 to 1024"
         );
         assert_eq!(
             error("3 linux-medium:0"),
-            "`3 linux-medium:0`: SLOTS `0` is not a whole number from 1 to 4294967295"
+            "`3 linux-medium:0`: SLOTS `0` is not a whole number from 1 to 1024"
         );
         assert_eq!(
             error("3 :2"),
@@ -277,12 +286,12 @@ mod tests {
         );
         assert_eq!(
             error("3 a:99999999999"),
-            "`3 a:99999999999`: SLOTS `99999999999` is not a whole number from 1 to 4294967295"
+            "`3 a:99999999999`: SLOTS `99999999999` is not a whole number from 1 to 1024"
         );
     }
 
     fn arb_group() -> impl Strategy<Value = AgentGroup> {
-        (1..=u32::MAX, "[a-z][a-z0-9_.-]{0,12}", 1..=u32::MAX).prop_map(
+        (1..=MAX_AGENTS, "[a-z][a-z0-9_.-]{0,12}", 1..=MAX_SLOTS).prop_map(
             |(count, template, slots)| AgentGroup {
                 count,
                 template,

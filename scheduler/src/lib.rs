@@ -23,4 +23,4 @@ pub use state::{
     Action, AgentId, Config, Event, LeaseId, Outcome, Policy, Reply, RunEvent, RunRef, RunSpec,
     Scheduler, TaskResult, TaskStatus,
 };
-pub use task::TaskSpec;
+pub use task::{TaskSpec, shell_word};

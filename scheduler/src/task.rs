@@ -100,3 +100,48 @@ mod tests {
         assert!(t.cache);
     }
 }
+
+/// A word for `sh -c`, quoted where it needs to be: a task id or path from a graph never
+/// becomes shell syntax (`a;b` stays one argument).
+pub fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=,@+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod shell_tests {
+    use super::shell_word;
+
+    #[test]
+    fn a_quoted_word_reaches_the_command_as_one_argument() {
+        for word in [
+            "app:build",
+            "a;touch x",
+            "it's",
+            "$(id)",
+            "a b",
+            "`x`",
+            "",
+            "-n",
+            "*",
+        ] {
+            let quoted = shell_word(word);
+            let script = format!("printf '%s|' {quoted}");
+            let out = std::process::Command::new("sh")
+                .args(["-c", &script])
+                .output()
+                .expect("sh runs");
+            let printed = String::from_utf8_lossy(&out.stdout).to_string();
+            let expected = if word == "-n" {
+                "-n|".to_string()
+            } else {
+                format!("{word}|")
+            };
+            assert_eq!(printed, expected, "{word:?} quoted as {quoted}");
+        }
+    }
+}

@@ -17,8 +17,8 @@ pub struct AgentArgs {
     /// The agent type assignment rules refer to.
     #[arg(long, env = "DROVER_AGENT_LAUNCH_TEMPLATE")]
     pub launch_template: Option<String>,
-    /// How many tasks the agent runs at once.
-    #[arg(long, env = "DROVER_AGENT_SLOTS", default_value_t = 1)]
+    /// How many tasks the agent runs at once (1 to 1024).
+    #[arg(long, env = "DROVER_AGENT_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(drover_scheduler::fleet::MAX_SLOTS)))]
     pub slots: u32,
     /// The agent's name in logs and summaries (default: the host name and process id).
     #[arg(long, env = "DROVER_AGENT_NAME")]

@@ -42,7 +42,7 @@ pub struct LoadtestArgs {
     /// Simulated agents, each with its own connection and stream.
     #[arg(long, default_value_t = 50)]
     pub agents: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=i64::from(drover_scheduler::fleet::MAX_SLOTS)))]
     pub slots: u32,
     /// Tasks in the run (0: connect the agents and measure the coordinator idle, see --idle).
     #[arg(long, default_value_t = 20_000)]

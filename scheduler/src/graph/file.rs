@@ -154,6 +154,10 @@ fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
             GraphError::EmptyId { .. } => GraphError::EmptyId {
                 place: format!("{path}: "),
             },
+            GraphError::ControlCharacter { task, .. } => GraphError::ControlCharacter {
+                place: place_of(&task),
+                task,
+            },
             GraphError::Empty => GraphError::File {
                 path: path.to_string(),
                 message: "the graph has no tasks".into(),
@@ -262,7 +266,7 @@ fn nx_tasks(path: &str, value: &serde_json::Value) -> Result<Vec<TaskSpec>, Grap
             .unwrap_or_default();
         out.push(TaskSpec {
             id: id.clone(),
-            command: command.replace("{id}", id),
+            command: command.replace("{id}", &crate::task::shell_word(id)),
             depends_on,
             cache: task.get("cache").and_then(|c| c.as_bool()).unwrap_or(true),
             parallelism: match task.get("parallelism").and_then(|p| p.as_bool()) {
@@ -296,6 +300,28 @@ mod tests {
         assert_eq!((t.project.as_str(), t.target.as_str()), ("lib1", "build"));
         assert_eq!(f.graph.deps[0], vec![1]);
         assert_eq!(f.positions[1], Some((10, 9)));
+    }
+
+    #[test]
+    fn a_control_character_in_an_id_is_refused_with_its_place_and_shown_escaped() {
+        let text = "{\"tasks\": [{\"id\": \"a\\u001b[31m\", \"command\": \"true\"}]}";
+        let e = parse_graph_file("g.json", text).unwrap_err().to_string();
+        assert!(e.starts_with("g.json"), "{e}");
+        assert!(
+            e.contains("control character") && e.contains("\\u{1b}"),
+            "{e}"
+        );
+        assert!(!e.contains('\u{1b}'), "{e:?}");
+    }
+
+    #[test]
+    fn an_nx_task_id_never_becomes_shell_syntax() {
+        let text = r#"{"graph": {"nodes": {}}, "tasks": {"roots": [], "tasks": {"a;touch pwned:build": {"id": "a;touch pwned:build", "target": {"project": "a;touch pwned", "target": "build"}, "outputs": [], "cache": true}}, "dependencies": {"a;touch pwned:build": []}}}"#;
+        let f = parse_graph_file("nx", text).unwrap();
+        assert_eq!(
+            f.graph.tasks[0].command,
+            "npx nx run 'a;touch pwned:build' --excludeTaskDependencies"
+        );
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub enum GraphError {
     EmptyCommand { place: String, task: String },
     #[error("{place}a task has an empty id")]
     EmptyId { place: String },
+    #[error(
+        "{place}task `{}` has a control character in its id (shown escaped); ids are printed in logs and terminals",
+        task.escape_debug()
+    )]
+    ControlCharacter { place: String, task: String },
     #[error("the graph has no tasks")]
     Empty,
 }

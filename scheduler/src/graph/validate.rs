@@ -39,6 +39,23 @@ impl TaskGraph {
                     place: String::new(),
                 });
             }
+            if t.id.chars().any(char::is_control)
+                || t.depends_on.iter().any(|d| d.chars().any(char::is_control))
+            {
+                let task = if t.id.chars().any(char::is_control) {
+                    t.id.clone()
+                } else {
+                    t.depends_on
+                        .iter()
+                        .find(|d| d.chars().any(char::is_control))
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                return Err(GraphError::ControlCharacter {
+                    place: String::new(),
+                    task,
+                });
+            }
             if t.command.trim().is_empty() {
                 return Err(GraphError::EmptyCommand {
                     place: String::new(),

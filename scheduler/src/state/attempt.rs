@@ -65,6 +65,11 @@ impl Scheduler {
             return;
         }
         let lease = self.release(lease_id);
+        // What an agent says a task took is trusted only as far as the coordinator saw: no
+        // longer than the lease was out (a clock gone wrong, or a lie, must not teach the
+        // estimates that a target takes years).
+        let mut result = result;
+        result.duration = result.duration.min(now.saturating_sub(lease.granted_at));
         let a = self
             .agents
             .get_mut(agent)

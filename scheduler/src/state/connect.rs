@@ -19,8 +19,24 @@ impl Scheduler {
         if hello.launch_template.trim().is_empty() {
             return Err(bad("the launch template is empty"));
         }
-        if hello.slots == 0 {
-            return Err(bad("slots must be at least 1"));
+        if hello.slots == 0 || hello.slots > crate::fleet::MAX_SLOTS {
+            return Err(bad(&format!(
+                "slots must be from 1 to {}, not {}",
+                crate::fleet::MAX_SLOTS,
+                hello.slots
+            )));
+        }
+        for (what, text) in [
+            ("name", &hello.name),
+            ("instance id", &hello.instance_id),
+            ("launch template", &hello.launch_template),
+        ] {
+            if text.chars().any(char::is_control) {
+                return Err(bad(&format!(
+                    "the {what} {} has a control character",
+                    text.escape_debug()
+                )));
+            }
         }
         // The rerun guard: a CI agent of another attempt than its run's was re-run alone (or
         // left behind); the run it would wait for never comes.

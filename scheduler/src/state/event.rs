@@ -147,6 +147,16 @@ impl RunSpec {
         if req.ci_execution_id.trim().is_empty() {
             return Err(SchedError::InvalidRun("`ci_execution_id` is empty".into()));
         }
+        // `manual`, a file of Nx's changesets (not checked here), or a fleet SPEC that must
+        // read as one.
+        let fleet = match req.distribute_on.trim() {
+            "" | "manual" => None,
+            file if file.ends_with(".yaml") || file.ends_with(".yml") => None,
+            spec => Some(
+                FleetSpec::parse(spec)
+                    .map_err(|e| SchedError::InvalidRun(format!("--distribute-on: {e}")))?,
+            ),
+        };
         let rules = if req.rules_text.trim().is_empty() {
             RuleSet::default()
         } else {
@@ -155,8 +165,7 @@ impl RunSpec {
                 path => path,
             };
             let rules = RuleSet::parse(path, &req.rules_text)?;
-            let named_fleet = !matches!(req.distribute_on.trim(), "" | "manual");
-            if named_fleet && let Ok(fleet) = FleetSpec::parse(&req.distribute_on) {
+            if let Some(fleet) = fleet.as_ref() {
                 let known: Vec<&str> = fleet.groups.iter().map(|g| g.template.as_str()).collect();
                 rules.check_agent_types(&known)?;
             }

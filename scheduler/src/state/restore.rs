@@ -149,6 +149,16 @@ impl Scheduler {
     }
 
     /// Who a known agent is.
+    /// How many agents with this name have a stream open (more than one: two machines were
+    /// given the same `--name`).
+    pub fn connected_named(&self, name: &str) -> usize {
+        self.agents
+            .named(name)
+            .iter()
+            .filter(|&&id| self.agents.get(id).is_some_and(|a| a.has_stream()))
+            .count()
+    }
+
     pub fn agent_record(&self, id: AgentId) -> Option<AgentRecord> {
         self.agents.get(id).map(|a| AgentRecord {
             id,

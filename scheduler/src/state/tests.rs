@@ -1139,6 +1139,8 @@ fn the_critical_path_follows_the_longest_chain_of_durations() {
         ],
     );
     for _ in 0..3 {
+        // (Durations count only as long as the coordinator saw the lease out.)
+        h.now += ms(300_000);
         for l in h.take_leases() {
             let took = if l.1.task_id == "lint:lint" {
                 300_000
@@ -1298,4 +1300,57 @@ fn heartbeats_stretch_with_the_fleet_and_agents_are_told() {
     let (_, told) = connect(&mut s, 2000);
     assert_eq!(told, ms(4000));
     assert_eq!(told_first(&mut s), Some(ms(4000)));
+}
+
+/// An agent's reported duration is clamped to how long the lease was out: a clock gone wrong
+/// (or a lie) does not become a target's average.
+#[test]
+fn a_reported_duration_counts_no_longer_than_the_lease_was_out() {
+    let mut h = Harness::new();
+    let run = h.simple_run("ci-1");
+    h.agent("a1", "linux", 1, None);
+    h.submit(&run, vec![t("app:build", &[])]);
+    let l = h.take_leases().remove(0);
+    h.now += ms(2_000);
+    h.s.task_finished(
+        h.now,
+        l.0,
+        l.1.lease,
+        l.1.token,
+        TaskResult::success(Duration::MAX),
+    )
+    .unwrap();
+    h.drain();
+    let spec = TaskSpec::new("app:build", "true");
+    let learned = h.s.estimates().estimate(&spec);
+    assert!(learned <= ms(2_000), "learned {learned:?}");
+}
+
+/// Absurd or hostile values from agents and main jobs are refused with what was wrong.
+#[test]
+fn absurd_slots_control_characters_and_a_junk_fleet_are_refused() {
+    let mut s = Scheduler::new(Config::default());
+    let refused = |s: &mut Scheduler, h: Hello| match s.handle(ms(0), Event::Hello(h)).reply {
+        Err(e) => e.to_string(),
+        Ok(r) => panic!("accepted: {r:?}"),
+    };
+    let e = refused(&mut s, hello("a1", "linux", 5000, None, vec![]));
+    assert!(e.contains("slots must be from 1 to 1024, not 5000"), "{e}");
+    let e = refused(&mut s, hello("a1\u{1b}[2J", "linux", 2, None, vec![]));
+    assert!(
+        e.contains("control character") && e.contains("\\u{1b}"),
+        "{e}"
+    );
+    assert!(!e.contains('\u{1b}'), "{e:?}");
+    let request = RunRequest {
+        ci_execution_id: "x".into(),
+        distribute_on: "3 linux-medium:two".into(),
+        rules_text: String::new(),
+        ..RunRequest::default()
+    };
+    let e = RunSpec::from_request(&request).unwrap_err().to_string();
+    assert!(
+        e.contains("--distribute-on") && e.contains("SLOTS `two`"),
+        "{e}"
+    );
 }

@@ -445,6 +445,6 @@ pub enum SchedError {
     /// A CI agent of another attempt than its run's.
     #[error("{}", RERUN_MESSAGE)]
     Rerun,
-    #[error("agent `{name}`: {message}")]
+    #[error("agent `{}`: {message}", name.escape_debug())]
     BadAgent { name: String, message: String },
 }

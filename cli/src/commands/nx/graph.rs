@@ -287,12 +287,4 @@ pub(super) fn restorable_tasks(
     out
 }
 
-/// A word for `sh -c`, quoted where it needs to be.
-pub(crate) fn shell_word(word: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=,@+%".contains(c);
-    if !word.is_empty() && word.chars().all(plain) {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
-}
+pub(crate) use drover_scheduler::shell_word;

@@ -261,7 +261,7 @@ assignment-rules:
     assert_eq!(
         errors(F, text),
         [
-            "rules.yaml:2:20: changeset `small-changeset`: `0 linux-medium-js`: COUNT `0` is not a whole number from 1 to 4294967295",
+            "rules.yaml:2:20: changeset `small-changeset`: `0 linux-medium-js`: COUNT `0` is not a whole number from 1 to 100000",
             "rules.yaml:3:21: changeset `medium-changeset`: `2 linux-medium-js:4` has a `:`; expected `COUNT AGENT-TYPE` entries such as `5 linux-medium-js, 5 linux-large-js`",
             "rules.yaml:4:20: changeset `large-changeset` must list agents such as `5 linux-medium-js, 5 linux-large-js`, found a list",
         ]
