@@ -44,6 +44,9 @@ impl TaskSpec {
     /// (`project:target[:configuration]`) where they were not given. The one place a task's
     /// rule fields default.
     pub fn fill_from_id(&mut self) {
+        // An explicit target is taken as it is and the id is not read for a configuration:
+        // that is how a target with a colon (`test:lib`) is written.
+        let explicit_target = !self.target.is_empty();
         let (project, target, configuration) = split_task_id(&self.id);
         if self.project.is_empty() {
             self.project = project.to_string();
@@ -51,7 +54,7 @@ impl TaskSpec {
         if self.target.is_empty() {
             self.target = target.to_string();
         }
-        if self.configuration.is_none() {
+        if self.configuration.is_none() && !explicit_target {
             self.configuration = configuration.map(str::to_string);
         }
     }

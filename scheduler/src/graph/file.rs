@@ -7,16 +7,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::nx::{is_nx_graph, nx_tasks};
 use super::{GraphError, TaskGraph};
 use crate::duration::deserialize_opt_duration;
-use crate::task::{TaskSpec, split_task_id};
-
-/// The command an agent runs for a task of an Nx graph.
-pub const NX_RUN_COMMAND: &str = "npx nx run {id} --excludeTaskDependencies";
-
-/// The command for a task that needs continuous tasks (`serve` for an `e2e`): Nx starts them
-/// next to it on the same agent, and stops them after.
-pub const NX_RUN_WITH_CONTINUOUS_COMMAND: &str = "npx nx run {id}";
+use crate::task::TaskSpec;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,110 +173,6 @@ fn one_line(e: &serde_saphyr::Error) -> String {
         .to_string()
 }
 
-fn is_nx_graph(value: &serde_json::Value) -> bool {
-    value
-        .get("tasks")
-        .and_then(|t| t.get("tasks"))
-        .is_some_and(serde_json::Value::is_object)
-}
-
-/// Converts Nx's task graph (`tasks.tasks` and `tasks.dependencies`) into task specs whose
-/// command runs the one task through Nx on the agent.
-///
-/// What Nx 21 and 22 print beside that: `cache: false` makes a task non-cacheable,
-/// `parallelism: false` (a task that must not share its machine) becomes a per-agent
-/// parallelism of 1, and continuous tasks (`continuous: true`, e.g. `serve`) never end, so
-/// they are not distributed: a task that needs them (`continuousDependencies`) runs without
-/// `--excludeTaskDependencies`, and Nx starts them beside it on its agent.
-fn nx_tasks(path: &str, value: &serde_json::Value) -> Result<Vec<TaskSpec>, GraphError> {
-    let bad = |message: String| GraphError::File {
-        path: path.to_string(),
-        message,
-    };
-    let graph = &value["tasks"];
-    let tasks = graph["tasks"]
-        .as_object()
-        .ok_or_else(|| bad("`tasks.tasks` is not an object".into()))?;
-    let deps = graph.get("dependencies").and_then(|d| d.as_object());
-    let continuous_deps = graph
-        .get("continuousDependencies")
-        .and_then(|d| d.as_object());
-    let is_continuous = |task: &serde_json::Value| {
-        task.get("continuous")
-            .and_then(|c| c.as_bool())
-            .unwrap_or(false)
-    };
-    let mut out = Vec::with_capacity(tasks.len());
-    for (id, task) in tasks {
-        if is_continuous(task) {
-            continue;
-        }
-        let target = &task["target"];
-        let field = |name: &str| {
-            target
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
-        let (p, t, c) = split_task_id(id);
-        let depends_on = match deps.and_then(|d| d.get(id)) {
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| bad(format!("task `{id}`: a dependency is not a string")))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(_) => {
-                return Err(bad(format!(
-                    "task `{id}`: `tasks.dependencies` entry is not a list"
-                )));
-            }
-            None => Vec::new(),
-        };
-        // Continuous tasks are not distributed, so they are nobody's dependency here.
-        let depends_on: Vec<String> = depends_on
-            .into_iter()
-            .filter(|d| !tasks.get(d).is_some_and(is_continuous))
-            .collect();
-        let needs_continuous = continuous_deps
-            .and_then(|d| d.get(id))
-            .and_then(|d| d.as_array())
-            .is_some_and(|d| !d.is_empty());
-        let command = if needs_continuous {
-            NX_RUN_WITH_CONTINUOUS_COMMAND
-        } else {
-            NX_RUN_COMMAND
-        };
-        let outputs = task
-            .get("outputs")
-            .and_then(|o| o.as_array())
-            .map(|o| {
-                o.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(TaskSpec {
-            id: id.clone(),
-            command: command.replace("{id}", &crate::task::shell_word(id)),
-            depends_on,
-            cache: task.get("cache").and_then(|c| c.as_bool()).unwrap_or(true),
-            parallelism: match task.get("parallelism").and_then(|p| p.as_bool()) {
-                Some(false) => Some(1),
-                _ => None,
-            },
-            outputs,
-            project: field("project").unwrap_or_else(|| p.to_string()),
-            target: field("target").unwrap_or_else(|| t.to_string()),
-            configuration: field("configuration").or_else(|| c.map(str::to_string)),
-            ..TaskSpec::default()
-        });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +190,30 @@ mod tests {
         assert_eq!((t.project.as_str(), t.target.as_str()), ("lib1", "build"));
         assert_eq!(f.graph.deps[0], vec![1]);
         assert_eq!(f.positions[1], Some((10, 9)));
+    }
+
+    #[test]
+    fn a_target_with_a_colon_is_written_with_explicit_fields() {
+        let text = "tasks:\n  - id: app:test:lib\n    project: app\n    target: test:lib\n    command: ./test.sh lib\n  - id: app:build:ci\n    command: ./build.sh\n";
+        let f = parse_graph_file("g.yaml", text).unwrap();
+        let t = &f.graph.tasks[0];
+        assert_eq!(
+            (
+                t.project.as_str(),
+                t.target.as_str(),
+                t.configuration.as_deref()
+            ),
+            ("app", "test:lib", None)
+        );
+        let t = &f.graph.tasks[1];
+        assert_eq!(
+            (
+                t.project.as_str(),
+                t.target.as_str(),
+                t.configuration.as_deref()
+            ),
+            ("app", "build", Some("ci"))
+        );
     }
 
     #[test]

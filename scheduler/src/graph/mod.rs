@@ -1,9 +1,11 @@
 //! A validated task graph: unique ids, known dependencies, no cycle.
 
 mod file;
+mod nx;
 mod validate;
 
 pub use file::{GraphFile, parse_graph_file};
+pub use nx::{NxEdge, nx_edge_id_mut};
 pub use validate::{TaskGraph, find_cycle};
 
 use thiserror::Error;

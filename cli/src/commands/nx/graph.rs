@@ -226,17 +226,14 @@ pub(super) fn apply_configuration(graph: &mut Value, configuration: &str) {
         };
         let old = std::mem::take(map);
         for (id, deps) in old {
-            let deps = match deps {
-                Value::Array(list) => Value::Array(
-                    list.into_iter()
-                        .map(|d| match d {
-                            Value::String(s) => Value::String(rename(&s)),
-                            other => other,
-                        })
-                        .collect(),
-                ),
-                other => other,
-            };
+            let mut deps = deps;
+            if let Value::Array(list) = &mut deps {
+                for edge in list.iter_mut() {
+                    if let Some(dep) = drover_scheduler::graph::nx_edge_id_mut(edge) {
+                        *dep = rename(dep);
+                    }
+                }
+            }
             map.insert(rename(&id), deps);
         }
     }

@@ -176,3 +176,37 @@ fn nx_variables_that_would_break_agents_stay_home() {
     assert!(!forwards_nx_var("NX_TASK_TARGET_PROJECT"));
     assert!(!forwards_nx_var("PATH"));
 }
+
+/// Nx 24's object edges are renamed too, and a target with a colon keeps its name: the replay
+/// and the restore steps never pass its tail as a configuration.
+#[test]
+fn nx_24_graph_with_a_colon_target_and_the_command_configuration() {
+    let mut g: Value = serde_json::from_str(include_str!(
+        "../../../../tests/fixtures/nx-graphs/nx24.json"
+    ))
+    .unwrap();
+    apply_configuration(&mut g, "production");
+    assert_eq!(
+        g["tasks"]["dependencies"]["b:test:lib"][0]["id"],
+        "b:build:production"
+    );
+    let file = drover_scheduler::graph::parse_graph_file("nx", &g.to_string()).unwrap();
+    let lib = &file.graph.tasks[file.graph.index["b:test:lib"]];
+    assert_eq!(lib.depends_on, ["b:build:production"]);
+    assert_eq!(lib.configuration, None);
+    let libs: Vec<&TaskSpec> = file
+        .graph
+        .tasks
+        .iter()
+        .filter(|t| t.target == "test:lib")
+        .collect();
+    assert_eq!(
+        replay_invocations(libs.into_iter()),
+        [args(&[
+            "run-many",
+            "--targets=test:lib",
+            "--projects=a,b",
+            "--excludeTaskDependencies"
+        ])]
+    );
+}
