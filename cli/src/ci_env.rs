@@ -53,11 +53,42 @@ pub fn execution_env_from_env() -> String {
         .unwrap_or_default()
 }
 
-/// Where `start-ci-run` remembers the run for later commands of the same job.
+/// Where `start-ci-run` remembers the run for later commands of the same job:
+/// `DROVER_STATE_FILE`, else a file outside the checkout, so nothing of Drover's changes the
+/// workspace's task hashes (`{workspaceRoot}/**/*` inputs) or shows in `git status`:
+/// `$XDG_STATE_HOME/drover` (else `~/.local/state/drover`, else the temp dir), named after the
+/// checkout (the nearest directory with `.git`, else the current one).
 pub fn state_file() -> PathBuf {
-    std::env::var_os("DROVER_STATE_FILE")
+    if let Some(path) = std::env::var_os("DROVER_STATE_FILE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".drover/ci-run.json"))
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|p| !p.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        })
+        .unwrap_or_else(std::env::temp_dir)
+        .join("drover");
+    base.join(format!("ci-run-{}.json", checkout_key()))
+}
+
+/// The state file of older versions, inside the checkout: still read, never written.
+const LEGACY_STATE_FILE: &str = ".drover/ci-run.json";
+
+/// A short name for the checkout this command runs in.
+fn checkout_key() -> String {
+    use sha2::Digest as _;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let cwd = cwd.canonicalize().unwrap_or(cwd);
+    let root = cwd
+        .ancestors()
+        .find(|d| d.join(".git").exists())
+        .unwrap_or(&cwd);
+    let digest = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -79,12 +110,33 @@ pub fn remember(run: &RememberedRun) -> std::io::Result<()> {
 }
 
 pub fn remembered() -> Option<RememberedRun> {
-    serde_json::from_slice(&std::fs::read(state_file()).ok()?).ok()
+    let read = |p: &std::path::Path| serde_json::from_slice(&std::fs::read(p).ok()?).ok();
+    read(&state_file()).or_else(|| {
+        std::env::var_os("DROVER_STATE_FILE")
+            .is_none()
+            .then(|| read(std::path::Path::new(LEGACY_STATE_FILE)))
+            .flatten()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_file_is_outside_the_checkout() {
+        if std::env::var_os("DROVER_STATE_FILE").is_some() {
+            return;
+        }
+        let file = state_file();
+        let cwd = std::env::current_dir().unwrap();
+        let root = cwd
+            .ancestors()
+            .find(|d| d.join(".git").exists())
+            .unwrap_or(&cwd);
+        assert!(!file.starts_with(root), "{}", file.display());
+        assert_eq!(state_file(), file, "one name per checkout");
+    }
 
     #[test]
     fn an_execution_env_partitions_the_pipeline() {

@@ -57,6 +57,7 @@ pub struct Coordinator {
     auth: Arc<Auth>,
     tls: Option<ServerTls>,
     http_header_timeout: Duration,
+    cache_url: String,
 }
 
 /// Connections a listener holds before they are accepted. A whole fleet reconnects at once
@@ -151,7 +152,7 @@ impl Coordinator {
             retention,
             metrics.clone(),
             auth.clone(),
-            cache_url,
+            cache_url.clone(),
             tracer,
         )?;
         let actor = actor.with_launch_templates(launch_templates);
@@ -165,6 +166,7 @@ impl Coordinator {
             auth,
             tls,
             http_header_timeout: config.http_header_timeout,
+            cache_url,
         })
     }
 
@@ -263,6 +265,7 @@ impl Coordinator {
             .add_service(RunServiceServer::new(RunSvc::new(
                 self.handle.clone(),
                 auth.clone(),
+                self.cache_url.clone(),
             )))
             .add_service(AdminServiceServer::new(AdminSvc::new(
                 self.handle.clone(),

@@ -104,46 +104,92 @@ const NX_JSON: &str = r#"{
 }
 "#;
 
+/// An Nx install of `.ci/run` (from `tests/fixtures/<files>/package-lock.json`).
+#[derive(Clone, Copy)]
+struct NxVersion {
+    /// The folder of tests/fixtures with its package.json and lockfile.
+    files: &'static str,
+    /// The variable that says where it is installed, and the default under ~/.cache/drover.
+    env: &'static str,
+    cache: &'static str,
+}
+
+/// Nx 22, the workspace of most tests.
+const NX22: NxVersion = NxVersion {
+    files: "nx",
+    env: "DROVER_NX_FIXTURE_DIR",
+    cache: "nx-fixture",
+};
+
+/// The newest Nx Drover supports.
+const NX24: NxVersion = NxVersion {
+    files: "nx24",
+    env: "DROVER_NX24_FIXTURE_DIR",
+    cache: "nx24-fixture",
+};
+
 /// Where `.ci/run` installed the fixture's node_modules.
-fn node_modules() -> PathBuf {
-    let base = std::env::var_os("DROVER_NX_FIXTURE_DIR")
+fn node_modules(nx: NxVersion) -> PathBuf {
+    let base = std::env::var_os(nx.env)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME").expect("HOME is set");
-            PathBuf::from(home).join(".cache/drover/nx-fixture")
+            PathBuf::from(home).join(".cache/drover").join(nx.cache)
         });
     let modules = base.join("node_modules");
     assert!(
         modules.join(".bin/nx").exists(),
-        "Nx is not installed in {}: run `bash .ci/run` (it installs tests/fixtures/nx with npm ci), or set DROVER_NX_FIXTURE_DIR",
-        base.display()
+        "Nx is not installed in {}: run `bash .ci/run` (it installs tests/fixtures/{} with npm ci), or set {}",
+        base.display(),
+        nx.files,
+        nx.env
     );
     modules
 }
 
-fn fixture(name: &str) -> String {
+fn fixture(nx: NxVersion, name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/nx")
+        .join("fixtures")
+        .join(nx.files)
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// What a generated workspace is made of.
+#[derive(Clone, Copy)]
+struct Workspace {
+    nx: NxVersion,
+    nx_json: &'static str,
+    /// The targets of every project (apps also get `e2e` when `nx_json` has it).
+    targets: &'static [&'static str],
+}
+
+const WORKSPACE: Workspace = Workspace {
+    nx: NX22,
+    nx_json: NX_JSON,
+    targets: &["build", "test", "lint"],
+};
+
 /// Writes the workspace into `root` (the main job's checkout or an agent's clone).
-fn write_workspace(root: &Path, failing: &[(&str, &str)]) {
+fn write_workspace(root: &Path, ws: Workspace, failing: &[(&str, &str)]) {
     let write = |rel: &str, content: &str| {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     };
-    write("package.json", &fixture("package.json"));
-    write("package-lock.json", &fixture("package-lock.json"));
-    write("nx.json", NX_JSON);
+    write("package.json", &fixture(ws.nx, "package.json"));
+    write("package-lock.json", &fixture(ws.nx, "package-lock.json"));
+    write("nx.json", ws.nx_json);
     write(".gitignore", "node_modules\ndist\n.nx\n");
     write("tools/task.js", TASK_JS);
     for (name, dir, deps) in PROJECTS {
-        let mut targets = vec![r#""build": {}"#, r#""test": {}"#, r#""lint": {}"#];
-        if APPS.contains(name) {
-            targets.push(r#""e2e": {}"#);
+        let mut targets: Vec<String> = ws
+            .targets
+            .iter()
+            .map(|t| format!("\"{t}\": {{}}"))
+            .collect();
+        if APPS.contains(name) && ws.nx_json.contains("\"e2e\"") {
+            targets.push(r#""e2e": {}"#.to_string());
         }
         let deps: Vec<String> = deps.iter().map(|d| format!("\"{d}\"")).collect();
         write(
@@ -168,7 +214,7 @@ fn write_workspace(root: &Path, failing: &[(&str, &str)]) {
         write(&format!("{dir}/FAIL_{target}"), "broken on purpose\n");
     }
     #[cfg(unix)]
-    std::os::unix::fs::symlink(node_modules(), root.join("node_modules")).unwrap();
+    std::os::unix::fs::symlink(node_modules(ws.nx), root.join("node_modules")).unwrap();
 }
 
 fn deps_of(name: &str) -> Vec<&'static str> {
@@ -206,13 +252,14 @@ fn nx_env(fleet: &Fleet, who: &str) -> Vec<(String, String)> {
 /// With `check_deps`, a build fails unless its dependencies' outputs are in its checkout.
 fn nx_agent(
     fleet: &mut Fleet,
+    ws: Workspace,
     name: &str,
     template: &str,
     failing: &[(&str, &str)],
     check_deps: bool,
 ) {
     let clone = fleet.dir.join(format!("agents/{name}"));
-    write_workspace(&clone, failing);
+    write_workspace(&clone, ws, failing);
     let mut cmd = fleet.drover(&[
         "agent",
         "--launch-template",
@@ -252,10 +299,24 @@ fn nx_fleet(label: &str, failing: &[(&str, &str)], check_deps: bool) -> (Fleet, 
     };
     let mut fleet = Fleet::with_config(label, config);
     let main = fleet.dir.join("main");
-    write_workspace(&main, failing);
+    write_workspace(&main, WORKSPACE, failing);
     fleet.dir.write("rules.yaml", RULES);
-    nx_agent(&mut fleet, "medium-1", "linux-medium", failing, check_deps);
-    nx_agent(&mut fleet, "large-1", "linux-large", failing, check_deps);
+    nx_agent(
+        &mut fleet,
+        WORKSPACE,
+        "medium-1",
+        "linux-medium",
+        failing,
+        check_deps,
+    );
+    nx_agent(
+        &mut fleet,
+        WORKSPACE,
+        "large-1",
+        "linux-large",
+        failing,
+        check_deps,
+    );
     (fleet, main)
 }
 
@@ -349,14 +410,9 @@ fn drover_nx_runs_every_task_on_the_agents_and_brings_outputs_and_logs_back() {
         "--parallel=2",
         "--configuration=production",
     ];
-    // Builds read their dependencies' outputs, which agents restore from the remote cache.
-    let out = drover_nx_with(
-        &fleet,
-        &main,
-        "nx-1",
-        &["--restore-dependency-outputs"],
-        &nx_args,
-    );
+    // Builds read their dependencies' outputs, which agents restore from the remote cache
+    // (the default).
+    let out = drover_nx_with(&fleet, &main, "nx-1", &[], &nx_args);
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
     let context = || format!("stdout:\n{stdout}\nstderr:\n{stderr}\n{}", fleet.logs());
@@ -504,10 +560,12 @@ fn drover_nx_stops_before_running_anything_when_the_replay_could_not_read_the_ca
         }
         cmd.output().unwrap()
     };
+    // Without a cache URL the main job asks the coordinator, which needs the run to exist.
     let out = nx(None, WRITE_TOKEN);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("NX_SELF_HOSTED_REMOTE_CACHE_SERVER"),
+        text(&out.stderr).contains("asking the coordinator for its remote cache")
+            && text(&out.stderr).contains("start-ci-run"),
         "{}",
         text(&out.stderr)
     );
@@ -518,4 +576,104 @@ fn drover_nx_stops_before_running_anything_when_the_replay_could_not_read_the_ca
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Nx 24 (object edges) on a zero-config fleet: a coordinator with its embedded defaults (no
+/// tokens, no cache flags), a main job that sets nothing but the coordinator (no
+/// `NX_SELF_HOSTED_*`, no execution id: `start-ci-run` remembers the run outside the checkout),
+/// targets with a colon, builds that read their dependencies' outputs over two agents, and
+/// inputs of `{workspaceRoot}/**/*` so anything Drover left in the checkout would change every
+/// hash and the replay would miss.
+const NX24_JSON: &str = r#"{
+  "$schema": "./node_modules/nx/schemas/nx-schema.json",
+  "targetDefaults": {
+    "build": {
+      "dependsOn": ["^build"],
+      "cache": true,
+      "inputs": ["{workspaceRoot}/**/*"],
+      "outputs": ["{workspaceRoot}/dist/{projectName}"],
+      "executor": "nx:run-commands",
+      "options": { "command": "node tools/task.js build {projectName} {projectRoot}" }
+    },
+    "test:lib": {
+      "dependsOn": ["build"],
+      "cache": true,
+      "inputs": ["{workspaceRoot}/**/*"],
+      "executor": "nx:run-commands",
+      "options": { "command": "node tools/task.js test:lib {projectName} {projectRoot}" }
+    }
+  }
+}
+"#;
+
+#[test]
+fn drover_nx_on_nx_24_needs_only_the_coordinator_and_leaves_nothing_in_the_checkout() {
+    let ws = Workspace {
+        nx: NX24,
+        nx_json: NX24_JSON,
+        targets: &["build", "test:lib"],
+    };
+    let mut fleet = Fleet::with_config("nx24", FleetConfig::default());
+    let main = fleet.dir.join("main");
+    write_workspace(&main, ws, &[]);
+    nx_agent(&mut fleet, ws, "medium-1", "linux-medium", &[], true);
+    nx_agent(&mut fleet, ws, "medium-2", "linux-medium", &[], true);
+    let state = fleet.dir.join("state");
+    let main_job = |args: &[&str]| {
+        let mut cmd = fleet.drover(args);
+        cmd.current_dir(&main)
+            .envs(nx_env(&fleet, "main"))
+            .env_remove("DROVER_STATE_FILE")
+            .env("XDG_STATE_HOME", &state)
+            .env_remove("NX_SELF_HOSTED_REMOTE_CACHE_SERVER")
+            .env_remove("NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN")
+            .env_remove("DROVER_CACHE_URL")
+            .env_remove("DROVER_CACHE_TOKEN")
+            .env_remove("DROVER_CACHE_READ_TOKEN")
+            .env("NX_DROVER_TEST_MARK", "from-the-main-job");
+        cmd.output().unwrap()
+    };
+    let out = main_job(&["start-ci-run"]);
+    assert!(out.status.success(), "start-ci-run: {}", text(&out.stderr));
+    let started = Instant::now();
+    let out = main_job(&["nx", "--", "run-many", "-t", "build", "test:lib"]);
+    eprintln!(
+        "drover nx on Nx 24 took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    let context = || format!("stdout:\n{stdout}\nstderr:\n{stderr}\n{}", fleet.logs());
+    assert!(out.status.success(), "drover nx failed\n{}", context());
+
+    // Every task ran once, on an agent; the colon stays in the target.
+    let ran = records(&fleet);
+    let mut ids: Vec<String> = ran.iter().map(|r| r.0.clone()).collect();
+    ids.sort();
+    let mut expected: Vec<String> = PROJECTS
+        .iter()
+        .flat_map(|(name, _, _)| [format!("{name}:build"), format!("{name}:test:lib")])
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected, "{ran:?}\n{}", context());
+    assert!(ran.iter().all(|r| r.1.starts_with("medium-")), "{ran:?}");
+    let agents: std::collections::BTreeSet<&str> = ran.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(agents.len(), 2, "both agents work: {ran:?}");
+    // Builds found their dependencies' outputs (restored by default), and every output is here.
+    for (name, _, _) in PROJECTS {
+        let file = main.join(format!("dist/{name}/main.js"));
+        assert!(file.exists(), "{}\n{}", file.display(), context());
+    }
+    // The replay was all cache hits although every input is the whole workspace.
+    assert!(
+        stdout.contains("for 16 out of 16 tasks"),
+        "the replay was not all cache hits\n{}",
+        context()
+    );
+    // Drover's state is outside the checkout.
+    assert!(!main.join(".drover").exists(), "{}", context());
+    let remembered: Vec<_> = std::fs::read_dir(state.join("drover"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert_eq!(remembered.len(), 1, "{remembered:?}");
 }

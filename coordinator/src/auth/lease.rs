@@ -17,6 +17,7 @@ use crate::error::CoordError;
 /// The file under the data dir holding the key.
 const KEY_FILE: &str = "lease-credential.key";
 const PREFIX: &str = "drover-lease-";
+const READ_PREFIX: &str = "drover-read-";
 
 /// What an active lease's credential allows: cache reads and writes for its run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +108,34 @@ impl LeaseCredentials {
         }
     }
 
+    /// A read-only cache credential for the main job of a run: it reads the run's cache
+    /// namespace (`None`: the default one) and the default one. It names the run and the
+    /// namespace and carries an HMAC of both, so it needs no table and survives a restart.
+    pub fn issue_read(&self, run_id: &str, cache_namespace: Option<&str>) -> String {
+        let run = hex(run_id.as_bytes());
+        let ns = hex(cache_namespace.unwrap_or_default().as_bytes());
+        format!("{READ_PREFIX}{run}-{ns}-{}", self.mac_read(&run, &ns))
+    }
+
+    /// The run and cache namespace of a read credential this coordinator issued.
+    pub fn verify_read(&self, presented: &str) -> Option<(String, Option<String>)> {
+        let rest = presented.strip_prefix(READ_PREFIX)?;
+        let mut parts = rest.splitn(3, '-');
+        let (run, ns, mac) = (parts.next()?, parts.next()?, parts.next()?);
+        if !constant_time_eq(mac.as_bytes(), self.mac_read(run, ns).as_bytes()) {
+            return None;
+        }
+        let text = |h: &str| String::from_utf8(unhex(h)?).ok();
+        let ns = text(ns)?;
+        Some((text(run)?, (!ns.is_empty()).then_some(ns)))
+    }
+
+    fn mac_read(&self, run_hex: &str, ns_hex: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length works");
+        mac.update(format!("read:{run_hex}:{ns_hex}").as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+
     /// Whether a string looks like a lease credential (for messages).
     pub fn looks_like(presented: &str) -> bool {
         presented.starts_with(PREFIX)
@@ -115,6 +144,16 @@ impl LeaseCredentials {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -154,5 +193,26 @@ mod tests {
         assert_eq!(c.verify(&forged), None, "a forged MAC");
         c.revoke(LeaseId(3));
         assert_eq!(c.verify(&cred), None, "the lease ended");
+    }
+
+    #[test]
+    fn a_read_credential_names_its_run_and_namespace_and_cannot_be_forged() {
+        let c = LeaseCredentials::ephemeral();
+        let cred = c.issue_read("run-7", Some("pr-12"));
+        assert_eq!(
+            c.verify_read(&cred),
+            Some(("run-7".into(), Some("pr-12".into())))
+        );
+        let cred = c.issue_read("run-7", None);
+        assert_eq!(c.verify_read(&cred), Some(("run-7".into(), None)));
+        let other = c.issue_read("run-8", None);
+        let (head, _) = cred.rsplit_once('-').unwrap();
+        let (_, other_mac) = other.rsplit_once('-').unwrap();
+        assert_eq!(
+            c.verify_read(&format!("{head}-{other_mac}")),
+            None,
+            "another run's MAC"
+        );
+        assert_eq!(c.verify(&cred), None, "not a lease credential");
     }
 }

@@ -243,6 +243,23 @@ impl Auth {
                 lease: Some(access),
             });
         }
+        if let Some((run_id, cache_namespace)) = self.leases.verify_read(presented) {
+            let p = Principal {
+                name: format!("read credential of run {run_id}"),
+                scopes: [Scope::Read].into_iter().collect(),
+                launch_templates: None,
+                cache_namespace,
+                lease: None,
+            };
+            return if p.has(scope) {
+                Ok(p)
+            } else {
+                Err(Denied::Scope {
+                    name: p.name,
+                    needed: scope,
+                })
+            };
+        }
         if LeaseCredentials::looks_like(presented) {
             return Err(Denied::Unauthenticated(
                 "the lease of this credential has ended",

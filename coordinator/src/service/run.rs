@@ -19,11 +19,17 @@ use crate::runlog::Filter;
 pub struct RunSvc {
     actor: Handle,
     auth: Arc<Auth>,
+    /// The remote cache's URL as agents get it.
+    cache_url: String,
 }
 
 impl RunSvc {
-    pub fn new(actor: Handle, auth: Arc<Auth>) -> Self {
-        RunSvc { actor, auth }
+    pub fn new(actor: Handle, auth: Arc<Auth>, cache_url: String) -> Self {
+        RunSvc {
+            actor,
+            auth,
+            cache_url,
+        }
     }
 }
 
@@ -120,6 +126,29 @@ impl RunService for RunSvc {
             .await?
             .map_err(CoordError::from)?;
         Ok(Response::new(convert::get_run(&view)))
+    }
+
+    async fn get_cache_access(
+        &self,
+        request: Request<pb::GetCacheAccessRequest>,
+    ) -> Result<Response<pb::GetCacheAccessResponse>, Status> {
+        self.auth
+            .grpc(&request, Scope::Read, "RunService/GetCacheAccess")?;
+        let req = request.into_inner();
+        let run = run_ref(req.run_id, req.ci_execution_id)?;
+        let (run_id, namespace) = self
+            .actor
+            .read(move |v| {
+                let id = v.sched.resolve(&run)?;
+                let namespace = v.sched.cache_namespace(&id).map(str::to_string);
+                Ok::<_, SchedError>((id, namespace))
+            })
+            .await?
+            .map_err(CoordError::from)?;
+        Ok(Response::new(pb::GetCacheAccessResponse {
+            url: self.cache_url.clone(),
+            read_token: self.auth.leases.issue_read(&run_id, namespace.as_deref()),
+        }))
     }
 
     async fn get_task_log(

@@ -51,7 +51,7 @@ pub(super) struct Prepared {
 
 /// Turns Nx's graph into tasks: the command's configuration on every task that has it, the
 /// command's parallelism, the forwarded `NX_*` environment, the configured Nx invocation, and
-/// with `--restore-dependency-outputs` a cache-hit run of the task's dependencies first.
+/// (unless `--no-restore-dependency-outputs`) a cache-hit run of the task's dependencies first.
 pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliError> {
     if let Some(configuration) = flag_value(&args.nx_args, "--configuration", Some("-c")) {
         apply_configuration(&mut graph, &configuration);
@@ -61,22 +61,13 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
     let file = parse_graph_file("nx graph", &graph.to_string())
         .map_err(|e| CliError::Input(e.to_string()))?;
     let env = forwarded_nx_env();
-    let restore: BTreeMap<String, String> = if args.restore_dependency_outputs {
-        restorable_tasks(&file.graph)
-            .into_iter()
-            .map(|(id, deps)| {
-                let steps: Vec<String> = replay_invocations(deps.into_iter())
-                    .into_iter()
-                    .map(|words| {
-                        let words: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
-                        format!("{} {}", args.nx, words.join(" "))
-                    })
-                    .collect();
-                (id, steps.join(" && "))
-            })
-            .collect()
-    } else {
+    let restore: BTreeMap<String, String> = if args.no_restore_dependency_outputs {
         BTreeMap::new()
+    } else {
+        restore_plan(&file.graph)
+            .into_iter()
+            .map(|(id, plan)| (id, restore_steps(&args.nx, &plan)))
+            .collect()
     };
     let tasks = file
         .graph
@@ -259,12 +250,15 @@ pub(super) fn count_continuous(graph: &Value) -> usize {
         })
 }
 
-/// For each task whose dependencies are all (transitively) cacheable: those dependencies.
-/// Nx on the agent can take every one of them from the remote cache, outputs included,
-/// instead of running it again.
-pub(super) fn restorable_tasks(
-    graph: &drover_scheduler::TaskGraph,
-) -> BTreeMap<String, Vec<&TaskSpec>> {
+/// What an agent restores before a task: the outputs of its dependencies, transitive ones
+/// included, from the remote cache; those of non-cacheable dependencies cannot be.
+pub(super) struct Restore<'a> {
+    pub cached: Vec<&'a TaskSpec>,
+    pub not_cacheable: Vec<&'a TaskSpec>,
+}
+
+/// The restore of every task that has dependencies.
+pub(super) fn restore_plan(graph: &drover_scheduler::TaskGraph) -> BTreeMap<String, Restore<'_>> {
     let mut out = BTreeMap::new();
     for (i, task) in graph.tasks.iter().enumerate() {
         let mut seen = BTreeSet::new();
@@ -274,14 +268,52 @@ pub(super) fn restorable_tasks(
                 stack.extend(graph.deps[d].iter().copied());
             }
         }
-        if !seen.is_empty() && seen.iter().all(|&d| graph.tasks[d].cache) {
-            out.insert(
-                task.id.clone(),
-                seen.iter().map(|&d| &graph.tasks[d]).collect(),
-            );
+        if seen.is_empty() {
+            continue;
         }
+        let (cached, not_cacheable) = seen.iter().map(|&d| &graph.tasks[d]).partition(|t| t.cache);
+        out.insert(
+            task.id.clone(),
+            Restore {
+                cached,
+                not_cacheable,
+            },
+        );
     }
     out
+}
+
+/// The shell steps before a task that restore its dependencies' outputs, saying in the task's
+/// log what is restored and what cannot be (a non-cacheable dependency ran elsewhere and is
+/// not run again here).
+pub(super) fn restore_steps(nx: &str, plan: &Restore<'_>) -> String {
+    let mut steps = Vec::new();
+    let ids = |tasks: &[&TaskSpec]| {
+        tasks
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !plan.not_cacheable.is_empty() {
+        let message = format!(
+            "drover: not restored (not cacheable, so it is not in the remote cache; it ran on its own agent and is not run again here): {}",
+            ids(&plan.not_cacheable)
+        );
+        steps.push(format!("echo {}", shell_word(&message)));
+    }
+    if !plan.cached.is_empty() {
+        let message = format!(
+            "drover: restoring the outputs of {} from the remote cache",
+            ids(&plan.cached)
+        );
+        steps.push(format!("echo {}", shell_word(&message)));
+        for words in replay_invocations(plan.cached.iter().copied()) {
+            let words: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
+            steps.push(format!("{nx} {}", words.join(" ")));
+        }
+    }
+    steps.join(" && ")
 }
 
 pub(crate) use drover_scheduler::shell_word;

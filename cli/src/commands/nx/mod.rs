@@ -37,12 +37,13 @@ pub struct NxArgs {
     #[arg(long = "nx", env = "DROVER_NX_COMMAND", default_value = "npx nx")]
     pub nx: String,
     /// The remote cache for the replay (default: NX_SELF_HOSTED_REMOTE_CACHE_SERVER, else
-    /// DROVER_CACHE_URL). Agents get theirs from the coordinator.
+    /// DROVER_CACHE_URL, else the URL the coordinator gives agents). Agents get theirs from
+    /// the coordinator.
     #[arg(long)]
     pub cache_server: Option<String>,
     /// Token for the replay; a read-only one is enough (default:
     /// NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN, else DROVER_CACHE_READ_TOKEN, else
-    /// DROVER_CACHE_TOKEN).
+    /// DROVER_CACHE_TOKEN, else a read-only credential for the run from the coordinator).
     #[arg(long, hide_env_values = true)]
     pub cache_token: Option<String>,
     /// Do not replay on the main job: outputs stay on the agents (and in the cache).
@@ -51,10 +52,15 @@ pub struct NxArgs {
     /// Print every task's output as it comes (default: only failed tasks' output).
     #[arg(long)]
     pub stream_output: bool,
-    /// Agents restore a task's dependencies' outputs from the remote cache before running it
-    /// (`nx run <task id>` without `--excludeTaskDependencies`), as Nx Cloud's agents do. Only
-    /// for tasks whose dependencies are all cacheable, so nothing runs twice.
-    #[arg(long, env = "DROVER_NX_RESTORE_DEPENDENCY_OUTPUTS")]
+    /// Do not restore a task's dependencies' outputs on its agent first. By default an agent
+    /// runs `nx run-many --targets=... --projects=... --excludeTaskDependencies` over the
+    /// task's cacheable dependencies, transitive ones included (all cache hits: their outputs
+    /// come from the remote cache, whichever agent built them), then the task.
+    #[arg(long, env = "DROVER_NX_NO_RESTORE_DEPENDENCY_OUTPUTS")]
+    pub no_restore_dependency_outputs: bool,
+    /// The default since dependency outputs are restored unless told otherwise; kept so older
+    /// pipelines still parse.
+    #[arg(long, hide = true)]
     pub restore_dependency_outputs: bool,
     /// The Nx command, e.g. `affected -t lint,test,build --parallel=2`.
     #[arg(last = true, required = true, num_args = 1.., allow_hyphen_values = true)]
@@ -72,8 +78,9 @@ pub async fn run(args: NxArgs) -> Result<u8, CliError> {
             "drover nx asks Nx for the graph itself: leave out --graph".into(),
         ));
     }
-    let cache = replay::replay_cache(&args)?;
     let (run_id, ci_execution_id) = args.run.resolve()?;
+    let channel = connect(&args.run.coordinator)?;
+    let cache = replay::replay_cache(&args, channel.clone(), &run_id, &ci_execution_id).await?;
     if let Some((server, token)) = &cache {
         replay::check_cache(server, token).await?;
     }
@@ -91,7 +98,6 @@ pub async fn run(args: NxArgs) -> Result<u8, CliError> {
 
     // 2. Submit and follow.
     let total = prepared.tasks.len();
-    let channel = connect(&args.run.coordinator)?;
     let submit = Submit {
         run_id,
         ci_execution_id,

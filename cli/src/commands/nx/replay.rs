@@ -12,9 +12,17 @@ use pb::run_service_client::RunServiceClient;
 use super::{NxArgs, exit_code};
 use crate::error::CliError;
 
-/// The cache the replay reads from, from the flags or the environment. Without one Nx would
-/// run every task again here, so that is an error unless the replay is off.
-pub(super) fn replay_cache(args: &NxArgs) -> Result<Option<(String, String)>, CliError> {
+/// The cache the replay reads from: the flags, else the environment, else what the coordinator
+/// says (its cache URL and a read-only credential for the run). `None` with `--no-replay`.
+pub(super) async fn replay_cache(
+    args: &NxArgs,
+    channel: crate::client::Conn,
+    run_id: &str,
+    ci_execution_id: &str,
+) -> Result<Option<(String, String)>, CliError> {
+    if args.no_replay {
+        return Ok(None);
+    }
     let env = |names: &[&str]| {
         names
             .iter()
@@ -31,16 +39,21 @@ pub(super) fn replay_cache(args: &NxArgs) -> Result<Option<(String, String)>, Cl
             "DROVER_CACHE_TOKEN",
         ])
     });
-    match (server, token) {
-        (Some(s), Some(t)) => Ok(Some((s.trim_end_matches('/').to_string(), t))),
-        _ if args.no_replay => Ok(None),
-        (None, _) => Err(CliError::Usage(
-            "drover nx replays the Nx command from the coordinator's remote cache: set NX_SELF_HOSTED_REMOTE_CACHE_SERVER (the coordinator's HTTP address) or pass --cache-server, or pass --no-replay".into(),
-        )),
-        (Some(_), None) => Err(CliError::Usage(
-            "no token for the remote cache: set NX_SELF_HOSTED_REMOTE_CACHE_ACCESS_TOKEN (a read-only token is enough) or pass --cache-token, or pass --no-replay".into(),
-        )),
+    if let (Some(s), Some(t)) = (&server, &token) {
+        return Ok(Some((s.trim_end_matches('/').to_string(), t.clone())));
     }
+    let access = RunServiceClient::new(channel)
+        .get_cache_access(pb::GetCacheAccessRequest {
+            run_id: run_id.to_string(),
+            ci_execution_id: ci_execution_id.to_string(),
+        })
+        .await
+        .map_err(|s| CliError::rpc("asking the coordinator for its remote cache", s))?
+        .into_inner();
+    // A URL given here wins (the main job may reach the coordinator another way than agents).
+    let server = server.unwrap_or(access.url);
+    let token = token.unwrap_or(access.read_token);
+    Ok(Some((server.trim_end_matches('/').to_string(), token)))
 }
 
 /// Fails before anything runs when the replay could not read the cache: the agents' work

@@ -134,7 +134,7 @@ fn replay_runs_exactly_the_given_tasks() {
 }
 
 #[test]
-fn dependency_outputs_are_restored_only_where_every_dependency_is_cacheable() {
+fn dependency_outputs_are_restored_transitively_and_the_log_names_what_cannot_be() {
     let mut gen_ = TaskSpec::new("lib:gen", "x");
     gen_.cache = false;
     let mut lib_build = TaskSpec::new("lib:build", "x");
@@ -149,16 +149,44 @@ fn dependency_outputs_are_restored_only_where_every_dependency_is_cacheable() {
     web.depends_on = vec!["lib:build".into(), "util:build".into()];
     let graph =
         drover_scheduler::TaskGraph::new(vec![gen_, lib_build, util, app, e2e, web]).unwrap();
-    let got: Vec<(String, Vec<&str>)> = restorable_tasks(&graph)
-        .into_iter()
-        .map(|(id, deps)| (id, deps.iter().map(|d| d.id.as_str()).collect()))
+    let plan = restore_plan(&graph);
+    let got: Vec<(&str, Vec<&str>, Vec<&str>)> = plan
+        .iter()
+        .map(|(id, r)| {
+            let mut cached: Vec<&str> = r.cached.iter().map(|d| d.id.as_str()).collect();
+            cached.sort();
+            let not: Vec<&str> = r.not_cacheable.iter().map(|d| d.id.as_str()).collect();
+            (id.as_str(), cached, not)
+        })
         .collect();
     assert_eq!(
         got,
         [
-            ("app:build".to_string(), vec!["util:build"]),
-            ("app:e2e".to_string(), vec!["util:build", "app:build"]),
+            ("app:build", vec!["util:build"], vec![]),
+            ("app:e2e", vec!["app:build", "util:build"], vec![]),
+            ("lib:build", vec![], vec!["lib:gen"]),
+            (
+                "web:build",
+                vec!["lib:build", "util:build"],
+                vec!["lib:gen"]
+            ),
         ]
+    );
+    let steps = restore_steps("npx nx", &plan["web:build"]);
+    assert!(
+        steps.starts_with("echo 'drover: not restored (not cacheable"),
+        "{steps}"
+    );
+    assert!(steps.contains("lib:gen"), "{steps}");
+    assert!(
+        steps.ends_with(
+            "npx nx run-many --targets=build --projects=lib,util --excludeTaskDependencies"
+        ),
+        "{steps}"
+    );
+    assert_eq!(
+        restore_steps("npx nx", &plan["lib:build"]),
+        "echo 'drover: not restored (not cacheable, so it is not in the remote cache; it ran on its own agent and is not run again here): lib:gen'"
     );
     assert_eq!(shell_word("@scope/lib:build"), "@scope/lib:build");
     assert_eq!(shell_word("a b'c"), "'a b'\\''c'");
