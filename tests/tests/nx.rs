@@ -1,7 +1,8 @@
-//! `drover nx` end to end with the real Nx from the npm registry (installed by `.ci/run` from
-//! `tests/fixtures/nx/package-lock.json`): a generated workspace of 8 projects, a coordinator
-//! serving Nx's remote cache, two agents of two launch templates each in its own clone with its
-//! own Nx cache, and the main job's replay.
+//! `drover nx` end to end with the real Nx from the npm registry, the oldest (21) and the newest
+//! (24) supported, installed by `.ci/run` from `tests/fixtures/nx/package-lock.json` and
+//! `tests/fixtures/nx24/package-lock.json`: a generated workspace of 8 projects, a coordinator
+//! serving Nx's remote cache, two agents each in its own clone with its own Nx cache, and the
+//! main job's replay.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -114,8 +115,8 @@ struct NxVersion {
     cache: &'static str,
 }
 
-/// Nx 22, the workspace of most tests.
-const NX22: NxVersion = NxVersion {
+/// The oldest Nx Drover supports (21), the workspace of most tests.
+const NX21: NxVersion = NxVersion {
     files: "nx",
     env: "DROVER_NX_FIXTURE_DIR",
     cache: "nx-fixture",
@@ -165,7 +166,7 @@ struct Workspace {
 }
 
 const WORKSPACE: Workspace = Workspace {
-    nx: NX22,
+    nx: NX21,
     nx_json: NX_JSON,
     targets: &["build", "test", "lint"],
 };
