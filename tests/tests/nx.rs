@@ -41,7 +41,7 @@ const APPS: &[&str] = &["web", "admin"];
 /// project makes that target fail.
 const TASK_JS: &str = r#"const fs = require('fs');
 const path = require('path');
-const [target, project, projectRoot] = process.argv.slice(2);
+const [target, project, projectRoot, ...overrides] = process.argv.slice(2);
 const agent = process.env.DROVER_AGENT_NAME || 'main-job';
 const template = process.env.DROVER_LAUNCH_TEMPLATE || '-';
 const conf = process.env.NX_TASK_TARGET_CONFIGURATION;
@@ -49,7 +49,8 @@ const id = `${project}:${target}` + (conf ? `:${conf}` : '');
 if (process.env.DROVER_NX_RECORD) {
   const mark = process.env.NX_DROVER_TEST_MARK || '-';
   const cache = path.basename(process.env.NX_CACHE_DIRECTORY || '-');
-  fs.appendFileSync(process.env.DROVER_NX_RECORD, `${id} ${agent} ${template} ${mark} ${cache}\n`);
+  const extra = overrides.join(',') || '-';
+  fs.appendFileSync(process.env.DROVER_NX_RECORD, `${id} ${agent} ${template} ${mark} ${cache} ${extra}\n`);
 }
 console.log(`ran ${id} on ${agent}`);
 if (fs.existsSync(path.join(projectRoot, `FAIL_${target}`))) {
@@ -373,13 +374,13 @@ fn records(fleet: &Fleet) -> Vec<(String, String, String)> {
 }
 
 /// Every record line's words: task id, agent, template, `NX_DROVER_TEST_MARK`, the basename
-/// of `NX_CACHE_DIRECTORY`.
+/// of `NX_CACHE_DIRECTORY`, the task's overrides (`-` for none).
 fn raw_records(fleet: &Fleet) -> Vec<Vec<String>> {
     std::fs::read_to_string(fleet.dir.join("record.txt"))
         .unwrap_or_default()
         .lines()
         .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .filter(|w| w.len() == 5)
+        .filter(|w| w.len() == 6)
         .collect()
 }
 
@@ -518,7 +519,15 @@ fn a_failing_nx_task_fails_drover_nx_and_its_output_reaches_the_main_job() {
         &main,
         "nx-fail-1",
         &["--nx", "node_modules/.bin/nx"],
-        &["run-many", "-t", "test", "-p", "util,core"],
+        &[
+            "run-many",
+            "-t",
+            "test",
+            "-p",
+            "util,core",
+            "--",
+            "--coverage",
+        ],
     );
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
@@ -539,6 +548,15 @@ fn a_failing_nx_task_fails_drover_nx_and_its_output_reaches_the_main_job() {
     );
     assert!(main.join("dist/core/main.js").exists(), "{}", context());
     assert!(stdout.contains("ran util:test on"), "{}", context());
+    // The overrides after the Nx arguments reached the tasks the command names, only those.
+    for r in raw_records(&fleet) {
+        let expected = if r[0].ends_with(":test") {
+            "--coverage"
+        } else {
+            "-"
+        };
+        assert_eq!(r[5], expected, "{r:?}");
+    }
 }
 
 #[test]
@@ -637,7 +655,16 @@ fn drover_nx_on_nx_24_needs_only_the_coordinator_and_leaves_nothing_in_the_check
     let out = main_job(&["start-ci-run"]);
     assert!(out.status.success(), "start-ci-run: {}", text(&out.stderr));
     let started = Instant::now();
-    let out = main_job(&["nx", "--", "run-many", "-t", "build", "test:lib"]);
+    let out = main_job(&[
+        "nx",
+        "--",
+        "run-many",
+        "-t",
+        "build",
+        "test:lib",
+        "--",
+        "--coverage",
+    ]);
     eprintln!(
         "drover nx on Nx 24 took {:.1}s",
         started.elapsed().as_secs_f64()
@@ -658,6 +685,12 @@ fn drover_nx_on_nx_24_needs_only_the_coordinator_and_leaves_nothing_in_the_check
     expected.sort();
     assert_eq!(ids, expected, "{ran:?}\n{}", context());
     assert!(ran.iter().all(|r| r.1.starts_with("medium-")), "{ran:?}");
+    // Both targets were named, so both got the overrides (and the replay, with them, hits).
+    assert!(
+        raw_records(&fleet).iter().all(|r| r[5] == "--coverage"),
+        "{:?}",
+        raw_records(&fleet)
+    );
     let agents: std::collections::BTreeSet<&str> = ran.iter().map(|r| r.1.as_str()).collect();
     assert_eq!(agents.len(), 2, "both agents work: {ran:?}");
     // Builds found their dependencies' outputs (restored by default), and every output is here.

@@ -9,6 +9,7 @@ use drover_scheduler::graph::parse_graph_file;
 use serde_json::Value;
 
 use super::env::forwarded_nx_env;
+use super::overrides::{split_overrides, task_overrides};
 use super::replay::replay_invocations;
 use super::{NxArgs, exit_code};
 use crate::error::CliError;
@@ -16,11 +17,13 @@ use crate::error::CliError;
 /// Asks the workspace's Nx for the task graph of the command: the graph, or Nx's exit code
 /// when Nx failed (its output is shown).
 pub(super) async fn ask_nx(nx: &[String], args: &NxArgs) -> Result<Result<Value, u8>, CliError> {
-    let shown = format!("{} {} --graph=stdout", args.nx, args.nx_args.join(" "));
+    // Without the overrides: Nx 21 reads `--graph` after `--` as one of them.
+    let (nx_args, _) = split_overrides(&args.nx_args);
+    let shown = format!("{} {} --graph=stdout", args.nx, nx_args.join(" "));
     eprintln!("drover: asking Nx for the task graph: {shown}");
     let output = tokio::process::Command::new(&nx[0])
         .args(&nx[1..])
-        .args(&args.nx_args)
+        .args(nx_args)
         .arg("--graph=stdout")
         .stdin(std::process::Stdio::null())
         .output()
@@ -53,11 +56,12 @@ pub(super) struct Prepared {
 /// command's parallelism, the forwarded `NX_*` environment, the configured Nx invocation, and
 /// (unless `--no-restore-dependency-outputs`) a cache-hit run of the task's dependencies first.
 pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliError> {
-    if let Some(configuration) = flag_value(&args.nx_args, "--configuration", Some("-c")) {
+    let (nx_args, _) = split_overrides(&args.nx_args);
+    if let Some(configuration) = flag_value(nx_args, "--configuration", Some("-c")) {
         apply_configuration(&mut graph, &configuration);
     }
     let continuous = count_continuous(&graph);
-    let parallel = parallelism(&args.nx_args, find_nx_json().as_deref());
+    let parallel = parallelism(nx_args, find_nx_json().as_deref());
     let file = parse_graph_file("nx graph", &graph.to_string())
         .map_err(|e| CliError::Input(e.to_string()))?;
     let env = forwarded_nx_env();
@@ -66,7 +70,7 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
     } else {
         restore_plan(&file.graph)
             .into_iter()
-            .map(|(id, plan)| (id, restore_steps(&args.nx, &plan)))
+            .map(|(id, plan)| (id, restore_steps(&args.nx, &plan, &args.nx_args)))
             .collect()
     };
     let tasks = file
@@ -76,6 +80,11 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
         .map(|mut t| {
             if let Some(rest) = t.command.strip_prefix("npx nx ") {
                 t.command = format!("{} {rest}", args.nx);
+            }
+            let overrides = task_overrides(&args.nx_args, &t);
+            if !overrides.is_empty() {
+                let words: Vec<String> = overrides.iter().map(|w| shell_word(w)).collect();
+                t.command = format!("{} -- {}", t.command, words.join(" "));
             }
             if let Some(steps) = restore.get(&t.id) {
                 t.command = format!("{steps} && {}", t.command);
@@ -286,7 +295,7 @@ pub(super) fn restore_plan(graph: &drover_scheduler::TaskGraph) -> BTreeMap<Stri
 /// The shell steps before a task that restore its dependencies' outputs, saying in the task's
 /// log what is restored and what cannot be (a non-cacheable dependency ran elsewhere and is
 /// not run again here).
-pub(super) fn restore_steps(nx: &str, plan: &Restore<'_>) -> String {
+pub(super) fn restore_steps(nx: &str, plan: &Restore<'_>, nx_args: &[String]) -> String {
     let mut steps = Vec::new();
     let ids = |tasks: &[&TaskSpec]| {
         tasks
@@ -308,7 +317,7 @@ pub(super) fn restore_steps(nx: &str, plan: &Restore<'_>) -> String {
             ids(&plan.cached)
         );
         steps.push(format!("echo {}", shell_word(&message)));
-        for words in replay_invocations(plan.cached.iter().copied()) {
+        for words in replay_invocations(plan.cached.iter().copied(), nx_args) {
             let words: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
             steps.push(format!("{nx} {}", words.join(" ")));
         }

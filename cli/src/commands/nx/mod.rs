@@ -22,6 +22,7 @@ use crate::follow::{Submit, submit_and_follow};
 
 mod env;
 mod graph;
+mod overrides;
 mod replay;
 #[cfg(test)]
 mod tests;

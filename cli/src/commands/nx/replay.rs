@@ -9,6 +9,7 @@ use drover_proto::v1 as pb;
 use drover_scheduler::TaskSpec;
 use pb::run_service_client::RunServiceClient;
 
+use super::overrides::task_overrides;
 use super::{NxArgs, exit_code};
 use crate::error::CliError;
 
@@ -81,29 +82,33 @@ pub(super) async fn check_cache(server: &str, token: &str) -> Result<(), CliErro
 }
 
 /// `nx run-many` invocations that run exactly `tasks` and nothing else: one per
-/// configuration and set of projects, with every target those projects share.
+/// configuration, overrides and set of projects, with every target those projects share. Each
+/// task gets the overrides it had on its agent (see [`task_overrides`]), so its hash is the same.
 pub(super) fn replay_invocations<'a>(
     tasks: impl Iterator<Item = &'a TaskSpec>,
+    nx_args: &[String],
 ) -> Vec<Vec<String>> {
-    // (configuration, target) -> projects
-    let mut by_target: BTreeMap<(Option<String>, String), BTreeSet<String>> = BTreeMap::new();
+    // (configuration, overrides, target) -> projects
+    type Key = (Option<String>, Vec<String>);
+    let mut by_target: BTreeMap<(Key, String), BTreeSet<String>> = BTreeMap::new();
     for t in tasks {
+        let overrides = task_overrides(nx_args, t).to_vec();
         by_target
-            .entry((t.configuration.clone(), t.target.clone()))
+            .entry(((t.configuration.clone(), overrides), t.target.clone()))
             .or_default()
             .insert(t.project.clone());
     }
-    // (configuration, projects) -> targets
-    let mut groups: BTreeMap<(Option<String>, Vec<String>), Vec<String>> = BTreeMap::new();
-    for ((configuration, target), projects) in by_target {
+    // (configuration, overrides, projects) -> targets
+    let mut groups: BTreeMap<(Key, Vec<String>), Vec<String>> = BTreeMap::new();
+    for ((key, target), projects) in by_target {
         groups
-            .entry((configuration, projects.into_iter().collect()))
+            .entry((key, projects.into_iter().collect()))
             .or_default()
             .push(target);
     }
     groups
         .into_iter()
-        .map(|((configuration, projects), targets)| {
+        .map(|(((configuration, overrides), projects), targets)| {
             let mut args = vec![
                 "run-many".to_string(),
                 format!("--targets={}", targets.join(",")),
@@ -113,6 +118,10 @@ pub(super) fn replay_invocations<'a>(
                 args.push(format!("--configuration={c}"));
             }
             args.push("--excludeTaskDependencies".to_string());
+            if !overrides.is_empty() {
+                args.push("--".to_string());
+                args.extend(overrides);
+            }
             args
         })
         .collect()
@@ -181,6 +190,7 @@ pub(super) async fn replay(
             tasks
                 .iter()
                 .filter(|t| t.cache && succeeded.contains(t.id.as_str())),
+            &args.nx_args,
         )
     };
     let mut replay_code = 0;

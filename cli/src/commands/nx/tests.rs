@@ -106,7 +106,7 @@ fn replay_runs_exactly_the_given_tasks() {
         t("b:lint"),
         t("c:lint"),
     ];
-    let got = replay_invocations(tasks.iter());
+    let got = replay_invocations(tasks.iter(), &[]);
     assert_eq!(
         got,
         vec![
@@ -121,6 +121,29 @@ fn replay_runs_exactly_the_given_tasks() {
                 "--targets=lint",
                 "--projects=a,b,c",
                 "--excludeTaskDependencies"
+            ]),
+            args(&[
+                "run-many",
+                "--targets=build",
+                "--projects=a,b",
+                "--configuration=production",
+                "--excludeTaskDependencies"
+            ]),
+        ]
+    );
+    // The overrides go to the tasks the command named, as they did on the agents.
+    let nx_args = args(&["run-many", "-t", "test", "lint", "--", "--coverage"]);
+    let got = replay_invocations(tasks[..4].iter(), &nx_args);
+    assert_eq!(
+        got,
+        vec![
+            args(&[
+                "run-many",
+                "--targets=test",
+                "--projects=a,b",
+                "--excludeTaskDependencies",
+                "--",
+                "--coverage"
             ]),
             args(&[
                 "run-many",
@@ -172,7 +195,7 @@ fn dependency_outputs_are_restored_transitively_and_the_log_names_what_cannot_be
             ),
         ]
     );
-    let steps = restore_steps("npx nx", &plan["web:build"]);
+    let steps = restore_steps("npx nx", &plan["web:build"], &[]);
     assert!(
         steps.starts_with("echo 'drover: not restored (not cacheable"),
         "{steps}"
@@ -185,7 +208,7 @@ fn dependency_outputs_are_restored_transitively_and_the_log_names_what_cannot_be
         "{steps}"
     );
     assert_eq!(
-        restore_steps("npx nx", &plan["lib:build"]),
+        restore_steps("npx nx", &plan["lib:build"], &[]),
         "echo 'drover: not restored (not cacheable, so it is not in the remote cache; it ran on its own agent and is not run again here): lib:gen'"
     );
     assert_eq!(shell_word("@scope/lib:build"), "@scope/lib:build");
@@ -229,7 +252,7 @@ fn nx_24_graph_with_a_colon_target_and_the_command_configuration() {
         .filter(|t| t.target == "test:lib")
         .collect();
     assert_eq!(
-        replay_invocations(libs.into_iter()),
+        replay_invocations(libs.into_iter(), &[]),
         [args(&[
             "run-many",
             "--targets=test:lib",
