@@ -12,6 +12,7 @@ use drover_scheduler::duration::format_duration;
 use pb::run_event::Event;
 use pb::run_service_client::RunServiceClient;
 
+use crate::ci_log::{CiLog, TaskBlock, next_section, now_unix};
 use crate::client::Conn;
 use crate::error::CliError;
 
@@ -111,6 +112,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
     let mut last_contact = Instant::now();
     let mut backoff = Duration::from_millis(200);
     let mut out = std::io::stdout();
+    let ci = CiLog::from_env();
     loop {
         let request = pb::WatchRunRequest {
             run_id: f.run_id.clone(),
@@ -172,15 +174,6 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                         continue;
                     }
                     counts.set(&t.task_id, status);
-                    if status == pb::TaskStatus::Failed && !f.stream_output {
-                        // Every failure's output, read from its log, however close together
-                        // tasks fail.
-                        let log = task_log(&mut client.clone(), &f.run_id, &t.task_id, 0).await;
-                        let _ = out.write_all(&log);
-                        if !log.is_empty() && !log.ends_with(b"\n") {
-                            let _ = writeln!(out);
-                        }
-                    }
                     let (word, detail) = match status {
                         pb::TaskStatus::Succeeded => (
                             if t.flaky { "FLAKY" } else { "ok" },
@@ -206,6 +199,23 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                         counts.line(f.total),
                         t.task_id
                     );
+                    if status == pb::TaskStatus::Failed && !f.stream_output {
+                        // Every failure's output, read from its log, however close together
+                        // tasks fail, under a header naming the task and its agent.
+                        let log = task_log(&mut client.clone(), &f.run_id, &t.task_id, 0).await;
+                        let title = format!("{} failed {detail}", t.task_id);
+                        let _ = ci.write(
+                            &mut out,
+                            &TaskBlock {
+                                task: &t.task_id,
+                                title: &title,
+                                body: &log,
+                                failure: Some(&title),
+                                section: next_section(),
+                                now_unix: now_unix(),
+                            },
+                        );
+                    }
                 }
                 Event::TaskRequeued(r) => {
                     counts.set(&r.task_id, pb::TaskStatus::Queued);
@@ -299,7 +309,7 @@ fn is_transient(status: &tonic::Status) -> bool {
 
 /// Text from agents (names, reasons) as it may be printed on a terminal: control characters
 /// escaped, so none can move the cursor, recolour or retitle the main job's log.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     if text.chars().any(|c| c.is_control() && c != '\t') {
         text.chars()
             .map(|c| {

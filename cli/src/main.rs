@@ -11,6 +11,7 @@ macro_rules! out {
 }
 
 mod ci_env;
+mod ci_log;
 mod client;
 mod commands;
 mod error;

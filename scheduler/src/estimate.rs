@@ -72,6 +72,13 @@ impl Estimates {
         (self.default, Source::Default)
     }
 
+    /// Every task's learned duration (its moving average), by task id.
+    pub fn per_task(&self) -> impl Iterator<Item = (&str, Duration)> {
+        self.per_task
+            .iter()
+            .map(|(id, e)| (id.as_str(), Duration::from_secs_f64(e.ms.max(0.0) / 1000.0)))
+    }
+
     pub fn estimate(&self, task: &TaskSpec) -> Duration {
         self.estimate_with_source(task).0
     }

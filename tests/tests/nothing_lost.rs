@@ -62,8 +62,12 @@ fn every_failure_prints_its_output_however_close_together_they_fail() {
                 .unwrap_or_else(|| panic!("no `{failed}`:\n{stdout}")),
         );
         assert!(
-            output_at < failed_at,
-            "the output comes before its failure:\n{stdout}"
+            failed_at < output_at,
+            "the output comes after its FAILED line, under a header naming the task:\n{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("----- {name}:test failed on ")),
+            "{stdout}"
         );
     }
 }

@@ -32,7 +32,8 @@ pub struct SimulateArgs {
     /// Assignment rules (Nx schema).
     #[arg(long)]
     pub rules: Option<PathBuf>,
-    /// True durations, a JSON object {"task id": milliseconds}. The scheduler never sees them;
+    /// True durations: a JSON object {"task id": milliseconds}, or a coordinator's
+    /// DATA_DIR/durations.json (each task's learned average). The scheduler never sees them;
     /// it ranks by the graph's `estimate` hints. A task missing here takes its hint, else 10s.
     #[arg(long)]
     pub durations: Option<PathBuf>,

@@ -297,12 +297,32 @@ pub fn with_hints(
         .collect()
 }
 
-/// A `--durations` file: a JSON object `{task id: milliseconds}`.
+/// A `--durations` file: a JSON object `{task id: milliseconds}`, or the coordinator's own
+/// `DATA_DIR/durations.json` (its learned estimates: each task's moving average).
 pub fn parse_durations(path: &str, text: &str) -> Result<HashMap<String, Duration>, DatasetError> {
-    let raw: HashMap<String, f64> = serde_json::from_str(text).map_err(|e| {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| err(path, format!("not JSON: {e}")))?;
+    if value
+        .get("per_task")
+        .is_some_and(serde_json::Value::is_object)
+    {
+        let learned: crate::estimate::Estimates = serde_json::from_value(value).map_err(|e| {
+            err(
+                path,
+                format!("looks like a coordinator's durations.json but does not read as one: {e}"),
+            )
+        })?;
+        return Ok(learned
+            .per_task()
+            .map(|(id, d)| (id.to_string(), d))
+            .collect());
+    }
+    let raw: HashMap<String, f64> = serde_json::from_value(value).map_err(|e| {
         err(
             path,
-            format!("expected a JSON object {{\"task id\": milliseconds}}: {e}"),
+            format!(
+                "expected a JSON object {{\"task id\": milliseconds}} or a coordinator's durations.json: {e}"
+            ),
         )
     })?;
     raw.into_iter()

@@ -310,6 +310,16 @@ fn datasets_parse() {
     let d = datasets::draw_durations(&nx, 7);
     assert_eq!(d, datasets::draw_durations(&nx, 7), "seeded");
     assert!(datasets::parse_durations("d.json", r#"{"a": -1}"#).is_err());
+    // The coordinator's own durations.json reads as its per-task averages.
+    let mut learned = crate::estimate::Estimates::default();
+    learned.record(
+        &crate::TaskSpec::new("app:build", "x"),
+        Duration::from_millis(1500),
+    );
+    let text = serde_json::to_string(&learned).unwrap();
+    let got = datasets::parse_durations("durations.json", &text).unwrap();
+    assert_eq!(got.len(), 1, "{text}");
+    assert_eq!(got["app:build"], Duration::from_millis(1500), "{text}");
 }
 
 #[test]

@@ -108,7 +108,7 @@ pub async fn run(args: NxArgs) -> Result<u8, CliError> {
     };
     let (submitted, outcome) = submit_and_follow(channel.clone(), submit, |s| {
         eprintln!(
-            "drover: submitted {total} Nx tasks to run {} (submission {}), at most {} at once per agent where no rule says otherwise{}",
+            "drover: submitted {total} Nx tasks to run {} (submission {}); per agent at most {} at once (or its slots, if fewer) where no assignment rule gives a parallelism{}",
             s.run_id,
             s.submission_id,
             prepared.parallel,

@@ -155,19 +155,29 @@ pub(super) async fn print_outputs(
     let _ = submission;
     use std::io::Write as _;
     let mut out = std::io::stdout();
+    let ci = crate::ci_log::CiLog::from_env();
     for t in tasks {
         let agent = summaries
             .iter()
             .find(|s| s.task_id == t.id)
             .map_or("", |s| s.agent.as_str());
-        let _ = writeln!(
-            out,
-            "\n> {} (not cacheable: its output as it ran on {agent})\n",
-            t.id
+        let title = format!(
+            "{} (not cacheable: its output as it ran on {})",
+            t.id,
+            crate::follow::printable(agent)
         );
-        if let Some(bytes) = output.get(&t.id) {
-            let _ = out.write_all(bytes);
-        }
+        let empty = Vec::new();
+        let _ = ci.write(
+            &mut out,
+            &crate::ci_log::TaskBlock {
+                task: &t.id,
+                title: &title,
+                body: output.get(&t.id).unwrap_or(&empty),
+                failure: None,
+                section: crate::ci_log::next_section(),
+                now_unix: crate::ci_log::now_unix(),
+            },
+        );
     }
     let _ = out.flush();
 }
