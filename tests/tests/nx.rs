@@ -655,16 +655,7 @@ fn drover_nx_on_nx_24_needs_only_the_coordinator_and_leaves_nothing_in_the_check
     let out = main_job(&["start-ci-run"]);
     assert!(out.status.success(), "start-ci-run: {}", text(&out.stderr));
     let started = Instant::now();
-    let out = main_job(&[
-        "nx",
-        "--",
-        "run-many",
-        "-t",
-        "build",
-        "test:lib",
-        "--",
-        "--coverage",
-    ]);
+    let out = main_job(&["nx", "--", "run-many", "-t", "test:lib", "--", "--coverage"]);
     eprintln!(
         "drover nx on Nx 24 took {:.1}s",
         started.elapsed().as_secs_f64()
@@ -685,12 +676,17 @@ fn drover_nx_on_nx_24_needs_only_the_coordinator_and_leaves_nothing_in_the_check
     expected.sort();
     assert_eq!(ids, expected, "{ran:?}\n{}", context());
     assert!(ran.iter().all(|r| r.1.starts_with("medium-")), "{ran:?}");
-    // Both targets were named, so both got the overrides (and the replay, with them, hits).
-    assert!(
-        raw_records(&fleet).iter().all(|r| r[5] == "--coverage"),
-        "{:?}",
-        raw_records(&fleet)
-    );
+    // Only the named target got the overrides, not the builds it needs (and the replay, with
+    // them, hits). Each task ran once: the builds that Nx restored in a task's own run (one Nx
+    // start-up) were cache hits.
+    for r in raw_records(&fleet) {
+        let expected = if r[0].ends_with(":test:lib") {
+            "--coverage"
+        } else {
+            "-"
+        };
+        assert_eq!(r[5], expected, "{r:?}");
+    }
     let agents: std::collections::BTreeSet<&str> = ran.iter().map(|r| r.1.as_str()).collect();
     assert_eq!(agents.len(), 2, "both agents work: {ran:?}");
     // Builds found their dependencies' outputs (restored by default), and every output is here.

@@ -65,12 +65,12 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
     let file = parse_graph_file("nx graph", &graph.to_string())
         .map_err(|e| CliError::Input(e.to_string()))?;
     let env = forwarded_nx_env();
-    let restore: BTreeMap<String, String> = if args.no_restore_dependency_outputs {
+    let restore: BTreeMap<String, RestoreHow> = if args.no_restore_dependency_outputs {
         BTreeMap::new()
     } else {
         restore_plan(&file.graph)
             .into_iter()
-            .map(|(id, plan)| (id, restore_steps(&args.nx, &plan, &args.nx_args)))
+            .map(|(id, plan)| (id, restore_how(&args.nx, &plan, &args.nx_args)))
             .collect()
     };
     let tasks = file
@@ -86,8 +86,16 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
                 let words: Vec<String> = overrides.iter().map(|w| shell_word(w)).collect();
                 t.command = format!("{} -- {}", t.command, words.join(" "));
             }
-            if let Some(steps) = restore.get(&t.id) {
-                t.command = format!("{steps} && {}", t.command);
+            match restore.get(&t.id) {
+                Some(RestoreHow::InTheTaskRun(note)) => {
+                    // One Nx start-up: Nx takes the dependencies from the cache, then the task.
+                    let command = t.command.replace(" --excludeTaskDependencies", "");
+                    t.command = format!("{note} && {command}");
+                }
+                Some(RestoreHow::Steps(steps)) => {
+                    t.command = format!("{steps} && {}", t.command);
+                }
+                None => {}
             }
             t.parallelism = t.parallelism.or(Some(parallel));
             for (k, v) in &env {
@@ -290,6 +298,39 @@ pub(super) fn restore_plan(graph: &drover_scheduler::TaskGraph) -> BTreeMap<Stri
         );
     }
     out
+}
+
+/// How a task's dependencies' outputs are restored on its agent.
+pub(super) enum RestoreHow {
+    /// Every dependency is cacheable and runs as it did on its own agent: the task runs as
+    /// `nx run <task id>` with its dependencies (all cache hits), one Nx start-up for both.
+    /// The string is the step that says so in the task's log.
+    InTheTaskRun(String),
+    /// Steps before the task (see [`restore_steps`]).
+    Steps(String),
+}
+
+pub(super) fn restore_how(nx: &str, plan: &Restore<'_>, nx_args: &[String]) -> RestoreHow {
+    // `nx run <task id>` runs the dependencies as they ran on their agents only when none got
+    // overrides and the command has no `--configuration` (which Nx's graph leaves out, and
+    // which `nx run` would not give the dependencies).
+    let (words, _) = split_overrides(nx_args);
+    let same_as_on_their_agents = flag_value(words, "--configuration", Some("-c")).is_none()
+        && plan
+            .cached
+            .iter()
+            .all(|d| task_overrides(nx_args, d).is_empty());
+    if plan.not_cacheable.is_empty() && same_as_on_their_agents {
+        let mut ids: Vec<&str> = plan.cached.iter().map(|t| t.id.as_str()).collect();
+        ids.sort_unstable();
+        let message = format!(
+            "drover: Nx restores the outputs of {} from the remote cache, then runs the task",
+            ids.join(", ")
+        );
+        RestoreHow::InTheTaskRun(format!("echo {}", shell_word(&message)))
+    } else {
+        RestoreHow::Steps(restore_steps(nx, plan, nx_args))
+    }
 }
 
 /// The shell steps before a task that restore its dependencies' outputs, saying in the task's

@@ -34,8 +34,10 @@ pub(crate) use graph::shell_word;
 pub struct NxArgs {
     #[command(flatten)]
     pub run: RunRefArgs,
-    /// How to invoke Nx, here and on the agents (e.g. `yarn nx`, `pnpm exec nx`).
-    #[arg(long = "nx", env = "DROVER_NX_COMMAND", default_value = "npx nx")]
+    /// How to invoke Nx, here and on the agents (e.g. `yarn nx`, `pnpm exec nx`). Default:
+    /// `node_modules/.bin/nx` when the workspace has it (no npx start-up per task), else
+    /// `npx nx`.
+    #[arg(long = "nx", env = "DROVER_NX_COMMAND", default_value = "")]
     pub nx: String,
     /// The remote cache for the replay (default: NX_SELF_HOSTED_REMOTE_CACHE_SERVER, else
     /// DROVER_CACHE_URL, else the URL the coordinator gives agents). Agents get theirs from
@@ -68,7 +70,10 @@ pub struct NxArgs {
     pub nx_args: Vec<String>,
 }
 
-pub async fn run(args: NxArgs) -> Result<u8, CliError> {
+pub async fn run(mut args: NxArgs) -> Result<u8, CliError> {
+    if args.nx.trim().is_empty() {
+        args.nx = default_nx_command(std::path::Path::new(".")).to_string();
+    }
     let nx = split_command(&args.nx)?;
     if args
         .nx_args
@@ -166,6 +171,16 @@ pub async fn run(args: NxArgs) -> Result<u8, CliError> {
     } else {
         replay_code
     })
+}
+
+/// The workspace's own Nx binary when it has one (npx costs a Node start-up of its own on
+/// every task), else `npx nx`.
+pub(super) fn default_nx_command(workspace: &std::path::Path) -> &'static str {
+    if workspace.join("node_modules/.bin/nx").is_file() {
+        "node_modules/.bin/nx"
+    } else {
+        "npx nx"
+    }
 }
 
 fn split_command(text: &str) -> Result<Vec<String>, CliError> {

@@ -211,6 +211,33 @@ fn dependency_outputs_are_restored_transitively_and_the_log_names_what_cannot_be
         restore_steps("npx nx", &plan["lib:build"], &[]),
         "echo 'drover: not restored (not cacheable, so it is not in the remote cache; it ran on its own agent and is not run again here): lib:gen'"
     );
+    // All cacheable: one Nx run takes the dependencies from the cache, then the task.
+    match restore_how("npx nx", &plan["app:e2e"], &[]) {
+        RestoreHow::InTheTaskRun(note) => assert_eq!(
+            note,
+            "echo 'drover: Nx restores the outputs of app:build, util:build from the remote cache, then runs the task'"
+        ),
+        RestoreHow::Steps(s) => panic!("{s}"),
+    }
+    assert!(matches!(
+        restore_how("npx nx", &plan["web:build"], &[]),
+        RestoreHow::Steps(_)
+    ));
+    // With the command's configuration (not in Nx's graph) the dependencies get their own step.
+    assert!(matches!(
+        restore_how(
+            "npx nx",
+            &plan["app:e2e"],
+            &args(&["run-many", "-t", "e2e", "-c", "ci"])
+        ),
+        RestoreHow::Steps(_)
+    ));
+    // A dependency that got overrides on its agent is restored with them, in its own step.
+    let nx_args = args(&["run-many", "-t", "build", "-t", "e2e", "--", "--prod"]);
+    assert!(matches!(
+        restore_how("npx nx", &plan["app:e2e"], &nx_args),
+        RestoreHow::Steps(_)
+    ));
     assert_eq!(shell_word("@scope/lib:build"), "@scope/lib:build");
     assert_eq!(shell_word("a b'c"), "'a b'\\''c'");
 }
