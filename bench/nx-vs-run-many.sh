@@ -28,6 +28,7 @@ workspace() { # DIR
 const fs = require('fs');
 const path = require('path');
 const [target, project, deps] = process.argv.slice(2);
+const started = Date.now();
 setTimeout(() => {
   if (target === 'build') {
     for (const dep of (deps || '').split(',').filter(Boolean)) {
@@ -40,6 +41,9 @@ setTimeout(() => {
     fs.writeFileSync(path.join('dist', project, 'index.js'), `module.exports = '${project}';\n`);
   }
   console.log(`${target} ${project} done`);
+  if (process.env.BENCH_RECORD && process.env.DROVER_TASK_ID) {
+    fs.appendFileSync(process.env.BENCH_RECORD, `${process.env.DROVER_TASK_ID} ${started} ${Date.now()}\n`);
+  }
 }, 1000);
 EOF
   cat > "$d/nx.json" <<'EOF'
@@ -82,7 +86,8 @@ export DROVER_COORDINATOR="http://$grpc"
 for a in 1 2; do
   workspace "$work/agent$a"
   mkdir -p "$work/home$a"
-  HOME="$work/home$a" NX_CACHE_DIRECTORY="$work/cache-agent$a" RUST_LOG=${RUST_LOG:-info} \
+  HOME="$work/home$a" NX_CACHE_DIRECTORY="$work/cache-agent$a" BENCH_RECORD="$work/record.txt" \
+    NX_DAEMON=${AGENT_NX_DAEMON:-false} RUST_LOG=${RUST_LOG:-info} \
     "$DROVER" agent --launch-template linux --slots 2 --name "agent$a" --workdir "$work/agent$a" --daemon \
     > "$work/agent$a.log" 2>&1 &
 done
@@ -99,7 +104,29 @@ distributed=$(grep -o 'Summary: .* in [0-9.a-z ]*' "$work/drover.log" | sed 's/.
 printf 'nx run-many --parallel=4 (one machine): %.1f s\n' "$local_s"
 printf 'drover nx, 2 agents x 2 slots (distribution %s, then the replay): %.1f s\n' "$distributed" "$drover_s"
 printf 'ratio: %.2fx\n' "$(echo "$drover_s / $local_s" | bc -l)"
-# Per-task overhead: the duration the agent measured for each task (lease to result) minus the
-# second of work, median and worst.
-grep -o ' on agent[0-9] in [0-9.]*s' "$work/drover.log" | sed 's/.* in //; s/s$//' | sort -n \
-  | awk '{ v[NR] = $1 - 1 } END { if (NR) printf "per-task overhead over the 1 s of work: median %.2f s, max %.2f s (%d tasks)\n", v[int((NR + 1) / 2)], v[NR], NR }'
+# Per-task overhead on the agents: lease received ("starting task" in the agent's log) -> the
+# task's own command starts (its first line of JavaScript, under Nx's executor), and the command
+# ends -> result sent ("task finished"); median and worst over the tasks.
+python3 - "$work" <<'PY'
+import re, sys, datetime, statistics, glob
+work = sys.argv[1]
+def ts(line):
+    t = line.split()[0].rstrip('Z')
+    return datetime.datetime.fromisoformat(t).replace(tzinfo=datetime.timezone.utc).timestamp() * 1000
+start, end, lease_task = {}, {}, {}
+for log in glob.glob(f"{work}/agent*.log"):
+    for line in open(log):
+        m = re.search(r'starting task lease_id="(\d+)" task_id="([^"]+)"', line)
+        if m:
+            lease_task[(log, m[1])] = m[2]; start[m[2]] = ts(line)
+        m = re.search(r'task finished lease_id="(\d+)"', line)
+        if m and (log, m[1]) in lease_task:
+            end[lease_task[(log, m[1])]] = ts(line)
+before, after = [], []
+for line in open(f"{work}/record.txt"):
+    task, s, e = line.split()
+    if task in start and task in end:
+        before.append(int(s) - start[task]); after.append(end[task] - int(e))
+if before:
+    print(f"per-task overhead ({len(before)} tasks): lease -> command start median {statistics.median(before):.0f} ms, max {max(before):.0f} ms; command end -> result median {statistics.median(after):.0f} ms, max {max(after):.0f} ms")
+PY

@@ -87,9 +87,19 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
                 t.command = format!("{} -- {}", t.command, words.join(" "));
             }
             match restore.get(&t.id) {
-                Some(RestoreHow::InTheTaskRun(note)) => {
+                Some(RestoreHow::InTheTaskRun {
+                    note,
+                    configuration,
+                }) => {
                     // One Nx start-up: Nx takes the dependencies from the cache, then the task.
-                    let command = t.command.replace(" --excludeTaskDependencies", "");
+                    // A task without the command's configuration passes it on to them.
+                    let with = match configuration {
+                        Some(c) if t.configuration.is_none() => {
+                            format!(" {}", shell_word(&format!("--configuration={c}")))
+                        }
+                        _ => String::new(),
+                    };
+                    let command = t.command.replace(" --excludeTaskDependencies", &with);
                     t.command = format!("{note} && {command}");
                 }
                 Some(RestoreHow::Steps(steps)) => {
@@ -304,22 +314,25 @@ pub(super) fn restore_plan(graph: &drover_scheduler::TaskGraph) -> BTreeMap<Stri
 pub(super) enum RestoreHow {
     /// Every dependency is cacheable and runs as it did on its own agent: the task runs as
     /// `nx run <task id>` with its dependencies (all cache hits), one Nx start-up for both.
-    /// The string is the step that says so in the task's log.
-    InTheTaskRun(String),
+    /// `note` is the step that says so in the task's log; `configuration` the command's.
+    InTheTaskRun {
+        note: String,
+        configuration: Option<String>,
+    },
     /// Steps before the task (see [`restore_steps`]).
     Steps(String),
 }
 
 pub(super) fn restore_how(nx: &str, plan: &Restore<'_>, nx_args: &[String]) -> RestoreHow {
-    // `nx run <task id>` runs the dependencies as they ran on their agents only when none got
-    // overrides and the command has no `--configuration` (which Nx's graph leaves out, and
-    // which `nx run` would not give the dependencies).
+    // `nx run <task id>` runs the dependencies as they ran on their agents when none got
+    // overrides; the command's `--configuration` goes along (Nx gives it to each dependency
+    // whose target has it, as in the command's own graph).
     let (words, _) = split_overrides(nx_args);
-    let same_as_on_their_agents = flag_value(words, "--configuration", Some("-c")).is_none()
-        && plan
-            .cached
-            .iter()
-            .all(|d| task_overrides(nx_args, d).is_empty());
+    let configuration = flag_value(words, "--configuration", Some("-c"));
+    let same_as_on_their_agents = plan
+        .cached
+        .iter()
+        .all(|d| task_overrides(nx_args, d).is_empty());
     if plan.not_cacheable.is_empty() && same_as_on_their_agents {
         let mut ids: Vec<&str> = plan.cached.iter().map(|t| t.id.as_str()).collect();
         ids.sort_unstable();
@@ -327,7 +340,10 @@ pub(super) fn restore_how(nx: &str, plan: &Restore<'_>, nx_args: &[String]) -> R
             "drover: Nx restores the outputs of {} from the remote cache, then runs the task",
             ids.join(", ")
         );
-        RestoreHow::InTheTaskRun(format!("echo {}", shell_word(&message)))
+        RestoreHow::InTheTaskRun {
+            note: format!("echo {}", shell_word(&message)),
+            configuration,
+        }
     } else {
         RestoreHow::Steps(restore_steps(nx, plan, nx_args))
     }

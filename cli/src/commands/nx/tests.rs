@@ -213,24 +213,26 @@ fn dependency_outputs_are_restored_transitively_and_the_log_names_what_cannot_be
     );
     // All cacheable: one Nx run takes the dependencies from the cache, then the task.
     match restore_how("npx nx", &plan["app:e2e"], &[]) {
-        RestoreHow::InTheTaskRun(note) => assert_eq!(
+        RestoreHow::InTheTaskRun {
             note,
-            "echo 'drover: Nx restores the outputs of app:build, util:build from the remote cache, then runs the task'"
-        ),
+            configuration,
+        } => {
+            assert_eq!(
+                note,
+                "echo 'drover: Nx restores the outputs of app:build, util:build from the remote cache, then runs the task'"
+            );
+            assert_eq!(configuration, None);
+        }
         RestoreHow::Steps(s) => panic!("{s}"),
     }
     assert!(matches!(
         restore_how("npx nx", &plan["web:build"], &[]),
         RestoreHow::Steps(_)
     ));
-    // With the command's configuration (not in Nx's graph) the dependencies get their own step.
+    // The command's configuration goes along (Nx gives it to the dependencies that have it).
     assert!(matches!(
-        restore_how(
-            "npx nx",
-            &plan["app:e2e"],
-            &args(&["run-many", "-t", "e2e", "-c", "ci"])
-        ),
-        RestoreHow::Steps(_)
+        restore_how("npx nx", &plan["app:e2e"], &args(&["run-many", "-t", "e2e", "-c", "ci"])),
+        RestoreHow::InTheTaskRun { configuration: Some(c), .. } if c == "ci"
     ));
     // A dependency that got overrides on its agent is restored with them, in its own step.
     let nx_args = args(&["run-many", "-t", "build", "-t", "e2e", "--", "--prod"]);
