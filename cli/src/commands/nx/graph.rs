@@ -337,7 +337,7 @@ pub(super) fn restore_how(nx: &str, plan: &Restore<'_>, nx_args: &[String]) -> R
         let mut ids: Vec<&str> = plan.cached.iter().map(|t| t.id.as_str()).collect();
         ids.sort_unstable();
         let message = format!(
-            "drover: Nx restores the outputs of {} from the remote cache, then runs the task",
+            "drover: Nx restores the outputs of {} from the remote cache, then runs the task (a dependency missing from the cache, e.g. its upload was refused, runs again here: see Nx's summary)",
             ids.join(", ")
         );
         RestoreHow::InTheTaskRun {
@@ -370,7 +370,7 @@ pub(super) fn restore_steps(nx: &str, plan: &Restore<'_>, nx_args: &[String]) ->
     }
     if !plan.cached.is_empty() {
         let message = format!(
-            "drover: restoring the outputs of {} from the remote cache",
+            "drover: restoring the outputs of {} from the remote cache (a dependency missing from the cache, e.g. its upload was refused, runs again here: see Nx's summary)",
             ids(&plan.cached)
         );
         steps.push(format!("echo {}", shell_word(&message)));

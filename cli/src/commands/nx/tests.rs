@@ -219,7 +219,7 @@ fn dependency_outputs_are_restored_transitively_and_the_log_names_what_cannot_be
         } => {
             assert_eq!(
                 note,
-                "echo 'drover: Nx restores the outputs of app:build, util:build from the remote cache, then runs the task'"
+                "echo 'drover: Nx restores the outputs of app:build, util:build from the remote cache, then runs the task (a dependency missing from the cache, e.g. its upload was refused, runs again here: see Nx'\\''s summary)'"
             );
             assert_eq!(configuration, None);
         }
