@@ -8,6 +8,8 @@ pub mod cache;
 mod config;
 mod convert;
 mod error;
+#[cfg(test)]
+mod fuzz_smoke;
 mod http;
 pub mod logstore;
 mod metrics;
@@ -57,6 +59,7 @@ pub struct Coordinator {
     auth: Arc<Auth>,
     tls: Option<ServerTls>,
     http_header_timeout: Duration,
+    max_graph_tasks: usize,
 }
 
 /// Connections a listener holds before they are accepted. A whole fleet reconnects at once
@@ -165,6 +168,7 @@ impl Coordinator {
             auth,
             tls,
             http_header_timeout: config.http_header_timeout,
+            max_graph_tasks: config.max_graph_tasks,
         })
     }
 
@@ -263,6 +267,7 @@ impl Coordinator {
             .add_service(RunServiceServer::new(RunSvc::new(
                 self.handle.clone(),
                 auth.clone(),
+                self.max_graph_tasks,
             )))
             .add_service(AdminServiceServer::new(AdminSvc::new(
                 self.handle.clone(),
