@@ -159,6 +159,10 @@ fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
                 place: place_of(&task),
                 task,
             },
+            GraphError::ZeroParallelism { task, .. } => GraphError::ZeroParallelism {
+                place: place_of(&task),
+                task,
+            },
             GraphError::Empty => GraphError::File {
                 path: path.to_string(),
                 message: "the graph has no tasks".into(),
@@ -417,6 +421,16 @@ mod tests {
         assert!(e.to_string().starts_with("g.yaml:4:"), "{e}");
         let e = parse_graph_file("g.json", "{\"tasks\": [}").unwrap_err();
         assert!(e.to_string().starts_with("g.json:1:"), "{e}");
+        let e = parse_graph_file(
+            "g.yaml",
+            "tasks:\n  - id: a\n    command: x\n  - id: b\n    command: y\n    parallelism: 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("g.yaml:4:9: task `b` has `parallelism: 0`"),
+            "{e}"
+        );
     }
 
     #[test]
