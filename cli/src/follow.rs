@@ -264,7 +264,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                     );
                 }
                 Event::Waiting(w) => {
-                    let _ = writeln!(out, "waiting: {} ({})", w.task_ids.join(", "), w.reason);
+                    let _ = writeln!(out, "waiting: {} ({})", some_of(&w.task_ids), w.reason);
                 }
                 Event::SubmissionDone(done) => {
                     print_summary(&mut out, &done, started.elapsed());
@@ -361,6 +361,20 @@ fn printable(text: &str) -> String {
     }
 }
 
+/// The first few of a list of task ids, and how many more (a wide graph waits by thousands).
+fn some_of(ids: &[String]) -> String {
+    const SHOWN: usize = 10;
+    if ids.len() <= SHOWN {
+        ids.join(", ")
+    } else {
+        format!(
+            "{}, and {} more",
+            ids[..SHOWN].join(", "),
+            ids.len() - SHOWN
+        )
+    }
+}
+
 fn agent_or_none(agent: &str) -> &str {
     if agent.is_empty() { "no agent" } else { agent }
 }
@@ -413,6 +427,16 @@ mod printable_tests {
         assert_eq!(
             super::printable("\u{1b}]0;owned\u{7}boom"),
             "\\u{1b}]0;owned\\u{7}boom"
+        );
+    }
+
+    #[test]
+    fn a_long_wait_list_is_cut_short() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+        assert_eq!(super::some_of(&ids[..2]), "t0, t1");
+        assert_eq!(
+            super::some_of(&ids),
+            "t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, and 990 more"
         );
     }
 }
