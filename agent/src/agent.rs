@@ -14,6 +14,7 @@ use tonic::transport::Endpoint;
 use crate::backoff::{Backoff, Jitter};
 use crate::config::AgentConfig;
 use crate::connection::{self, AttemptError, Connection, Opened};
+use crate::contain::Containment;
 use crate::error::AgentError;
 use crate::executor::{ExecContext, KILL_GRACE, PIPE_DRAIN_LIMIT, TaskEvent, TaskResult, TaskSet};
 use crate::outbox::OUTPUT_LIMIT;
@@ -133,6 +134,8 @@ impl Agent {
         bearer: drover_proto::Bearer,
         shutdown: Shutdown,
     ) -> Self {
+        let containment = Containment::detect();
+        tracing::info!("{}", containment.describe());
         let tasks = TaskSet::new(ExecContext {
             workdir: config.workdir.clone(),
             agent_name: config.name.clone(),
@@ -140,6 +143,7 @@ impl Agent {
             kill_grace: KILL_GRACE,
             pipe_drain_limit: PIPE_DRAIN_LIMIT,
             workspaces: config.workspaces.clone(),
+            containment,
         });
         Self {
             session: Session::new(config.slots, OUTPUT_LIMIT),

@@ -27,6 +27,7 @@ use tokio::task::{self, JoinError, JoinSet};
 
 use drover_scheduler::duration::format_duration;
 
+use crate::contain::{Containment, TaskCgroup};
 use crate::workspace::{Trees, WorkspacesConfig, coordinator_templates_path};
 
 /// The largest output chunk read and sent at once.
@@ -49,6 +50,8 @@ pub(crate) struct ExecContext {
     pub(crate) pipe_drain_limit: Duration,
     /// A daemon agent's workspaces: tasks of runs that name a repository run in one.
     pub(crate) workspaces: Option<WorkspacesConfig>,
+    /// Process groups, or a cgroup per task.
+    pub(crate) containment: Containment,
 }
 
 /// One task to run, taken from a lease.
@@ -141,35 +144,57 @@ pub(crate) enum TaskEvent {
     Finished(TaskResult),
 }
 
-/// A task's process group. Killed with SIGKILL when dropped unless it already was.
+/// A task's processes: its process group and, where the agent uses them, its cgroup.
+/// Killed with SIGKILL when dropped unless it already was.
 #[derive(Debug)]
 struct ProcessGroup {
     pgid: Pid,
     killed: AtomicBool,
+    cgroup: std::sync::Mutex<Option<TaskCgroup>>,
 }
 
 impl ProcessGroup {
-    fn new(leader: u32) -> Self {
+    fn new(leader: u32, cgroup: Option<TaskCgroup>) -> Self {
         let pgid = Pid::from_raw(i32::try_from(leader).unwrap_or(0));
         Self {
             pgid,
             killed: AtomicBool::new(false),
+            cgroup: std::sync::Mutex::new(cgroup),
         }
     }
 
-    /// Sends `signal` to the whole group, unless it was already killed.
+    /// Sends `signal` to the whole group (and cgroup), unless it was already killed.
     fn signal(&self, signal: Signal) {
         if !self.killed.load(Ordering::SeqCst) {
             self.send(signal);
+            if let Some(cgroup) = &*self.cgroup() {
+                cgroup.signal(signal);
+            }
         }
     }
 
     /// SIGKILL to the whole group, once; later signals are not sent (the group id may be
-    /// reused once its processes are gone).
+    /// reused once its processes are gone). The cgroup is killed whole every time: it holds
+    /// only the task's processes, and those that left the process group.
     fn kill(&self) {
         if !self.killed.swap(true, Ordering::SeqCst) {
             self.send(Signal::SIGKILL);
         }
+        if let Some(cgroup) = &*self.cgroup() {
+            cgroup.kill();
+        }
+    }
+
+    /// Kills the cgroup and removes it, off the async threads (the kernel empties it in
+    /// moments, but not at once).
+    fn release(&self) {
+        if let Some(cgroup) = self.cgroup().take() {
+            task::spawn_blocking(move || drop(cgroup));
+        }
+    }
+
+    fn cgroup(&self) -> std::sync::MutexGuard<'_, Option<TaskCgroup>> {
+        self.cgroup.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn send(&self, signal: Signal) {
@@ -345,6 +370,19 @@ impl TaskSet {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        let cgroup = match ctx.containment.for_task() {
+            Ok(cgroup) => cgroup,
+            Err(error) => {
+                if let Some(t) = &tree {
+                    self.trees.give_back(t);
+                }
+                return Err(io::Error::new(
+                    error.kind(),
+                    format!("cannot make the task's cgroup: {error}"),
+                ));
+            }
+        };
+
         let started = Instant::now();
         let child = match command.spawn() {
             Ok(child) => child,
@@ -366,7 +404,10 @@ impl TaskSet {
                 "the task process vanished before it had a pid",
             ));
         };
-        let group = Arc::new(ProcessGroup::new(pid));
+        if let Some(cgroup) = &cgroup {
+            cgroup.adopt(pid);
+        }
+        let group = Arc::new(ProcessGroup::new(pid, cgroup));
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let supervisor = Supervisor {
             child,
@@ -524,12 +565,13 @@ impl Supervisor {
             _ = &mut cancel => (Ending::Cancelled, self.stop_group().await),
         };
         let duration = self.started.elapsed();
-        // Whatever the task left running in its group goes with it.
+        // Whatever the task left running in its group (and its cgroup) goes with it.
         self.group.kill();
         let drained = tokio::time::timeout(self.pipe_drain_limit, async {
             while pumps.join_next().await.is_some() {}
         })
         .await;
+        self.group.release();
         if drained.is_err() {
             tracing::warn!(
                 lease_id = self.lease_id,
@@ -682,6 +724,7 @@ mod tests {
             kill_grace: Duration::from_millis(500),
             pipe_drain_limit: Duration::from_millis(500),
             workspaces: None,
+            containment: Containment::detect(),
         }
     }
 
@@ -892,6 +935,37 @@ mod tests {
             gone_within(grandchild, Duration::from_millis(500)).await,
             "grandchild {grandchild} survived"
         );
+    }
+
+    /// `setsid` leaves the task's process group (and its session): with cgroups it still
+    /// ends with the task, whether the task ends by itself or is cancelled.
+    #[tokio::test]
+    async fn a_process_that_leaves_the_group_ends_with_the_task_under_cgroups() {
+        let containment = Containment::detect();
+        if !matches!(containment, Containment::Cgroups(_)) {
+            eprintln!("skipped: {}", containment.describe());
+            return;
+        }
+        for cancel in [false, true] {
+            let mut tasks = TaskSet::new(ctx(std::env::temp_dir()));
+            let command = if cancel {
+                "setsid sleep 60 < /dev/null > /dev/null 2>&1 & echo $!; sleep 60"
+            } else {
+                "setsid sleep 60 < /dev/null > /dev/null 2>&1 & echo $!"
+            };
+            tasks.start(spec(command)).expect("spawn");
+            let escaped = first_pid(&mut tasks).await;
+            if cancel {
+                assert!(tasks.cancel("lease-1"));
+            } else {
+                let (_, result) = until_finished(&mut tasks, Duration::from_secs(5)).await;
+                assert_eq!(result.exit_code, 0);
+            }
+            assert!(
+                gone_within(escaped, Duration::from_secs(2)).await,
+                "the process {escaped} that left the group outlived the task (cancelled: {cancel})"
+            );
+        }
     }
 
     #[tokio::test]

@@ -30,6 +30,7 @@ mod agent;
 mod backoff;
 mod config;
 mod connection;
+mod contain;
 mod error;
 mod executor;
 #[cfg(test)]

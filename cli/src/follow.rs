@@ -18,6 +18,10 @@ use crate::error::CliError;
 
 /// How long the follower keeps trying to reach a coordinator that went away.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
+/// The largest run event the follower takes (a submission's end lists all its tasks).
+const MAX_EVENT: usize = 1 << 30;
+/// Tasks per message of a streamed submission: well under gRPC's 4 MiB for common tasks.
+const TASKS_PER_MESSAGE: usize = 5_000;
 
 pub struct Follow {
     pub run_id: String,
@@ -33,25 +37,49 @@ pub struct Outcome {
     pub tasks: Vec<pb::TaskSummary>,
 }
 
+/// Each task's last known status, and how many tasks are in each, kept as events come (a
+/// progress line costs the same at a million tasks as at ten).
 #[derive(Default)]
 struct Counts {
     state: HashMap<String, pb::TaskStatus>,
+    running: usize,
+    done: usize,
+    failed: usize,
 }
 
 impl Counts {
     fn set(&mut self, task: &str, status: pb::TaskStatus) {
-        self.state.insert(task.to_string(), status);
+        let before = match self.state.get_mut(task) {
+            Some(s) => std::mem::replace(s, status),
+            None => {
+                self.state.insert(task.to_string(), status);
+                pb::TaskStatus::Unspecified
+            }
+        };
+        self.count(before, -1);
+        self.count(status, 1);
+    }
+
+    fn count(&mut self, status: pb::TaskStatus, by: isize) {
+        let tally = match status {
+            pb::TaskStatus::Running => &mut self.running,
+            pb::TaskStatus::Succeeded | pb::TaskStatus::Skipped => &mut self.done,
+            pb::TaskStatus::Failed => {
+                self.done = self.done.checked_add_signed(by).expect("counted once");
+                &mut self.failed
+            }
+            _ => return,
+        };
+        *tally = tally.checked_add_signed(by).expect("counted once");
     }
 
     fn line(&self, total: usize) -> String {
-        let n = |s: pb::TaskStatus| self.state.values().filter(|&&x| x == s).count();
-        let done =
-            n(pb::TaskStatus::Succeeded) + n(pb::TaskStatus::Failed) + n(pb::TaskStatus::Skipped);
-        let running = n(pb::TaskStatus::Running);
         format!(
-            "{done}/{total} done, {running} running, {} queued, {} failed",
-            total.saturating_sub(done + running),
-            n(pb::TaskStatus::Failed)
+            "{}/{total} done, {} running, {} queued, {} failed",
+            self.done,
+            self.running,
+            total.saturating_sub(self.done + self.running),
+            self.failed
         )
     }
 }
@@ -75,18 +103,35 @@ pub async fn submit_and_follow(
     announce: impl FnOnce(&pb::SubmitGraphResponse),
 ) -> Result<(pb::SubmitGraphResponse, Outcome), CliError> {
     let mut client = RunServiceClient::new(channel.clone());
-    let request = pb::SubmitGraphRequest {
-        run_id: submit.run_id,
-        tasks: submit
-            .tasks
-            .iter()
-            .map(drover_coordinator::task_to_proto)
-            .collect(),
-        label: submit.label,
-        ci_execution_id: submit.ci_execution_id,
-    };
+    // In pieces, whatever the graph's size; the coordinator takes it in whole at the end.
+    let mut first = Some((submit.run_id, submit.ci_execution_id, submit.label));
+    let mut pieces: Vec<pb::SubmitGraphRequest> = submit
+        .tasks
+        .chunks(TASKS_PER_MESSAGE)
+        .map(|chunk| {
+            let (run_id, ci_execution_id, label) = first.take().unwrap_or_default();
+            pb::SubmitGraphRequest {
+                run_id,
+                tasks: chunk
+                    .iter()
+                    .map(drover_coordinator::task_to_proto)
+                    .collect(),
+                label,
+                ci_execution_id,
+            }
+        })
+        .collect();
+    if let Some((run_id, ci_execution_id, label)) = first {
+        // No tasks: the coordinator says what is wrong with that.
+        pieces.push(pb::SubmitGraphRequest {
+            run_id,
+            tasks: Vec::new(),
+            label,
+            ci_execution_id,
+        });
+    }
     let submitted = client
-        .submit_graph(request)
+        .submit_graph_stream(tokio_stream::iter(pieces))
         .await
         .map_err(|s| CliError::rpc("submitting the graph", s))?
         .into_inner();
@@ -105,7 +150,8 @@ pub async fn submit_and_follow(
 }
 
 pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
-    let mut client = RunServiceClient::new(channel);
+    // The submission's last event lists every task: a million of them are tens of MiB.
+    let mut client = RunServiceClient::new(channel).max_decoding_message_size(MAX_EVENT);
     let mut counts = Counts::default();
     let mut next_seq = 1;
     let started = Instant::now();
@@ -228,7 +274,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                     );
                 }
                 Event::Waiting(w) => {
-                    let _ = writeln!(out, "waiting: {} ({})", w.task_ids.join(", "), w.reason);
+                    let _ = writeln!(out, "waiting: {} ({})", some_of(&w.task_ids), w.reason);
                 }
                 Event::SubmissionDone(done) => {
                     print_summary(&mut out, &done, started.elapsed());
@@ -325,6 +371,20 @@ pub(crate) fn printable(text: &str) -> String {
     }
 }
 
+/// The first few of a list of task ids, and how many more (a wide graph waits by thousands).
+fn some_of(ids: &[String]) -> String {
+    const SHOWN: usize = 10;
+    if ids.len() <= SHOWN {
+        ids.join(", ")
+    } else {
+        format!(
+            "{}, and {} more",
+            ids[..SHOWN].join(", "),
+            ids.len() - SHOWN
+        )
+    }
+}
+
 fn agent_or_none(agent: &str) -> &str {
     if agent.is_empty() { "no agent" } else { agent }
 }
@@ -377,6 +437,16 @@ mod printable_tests {
         assert_eq!(
             super::printable("\u{1b}]0;owned\u{7}boom"),
             "\\u{1b}]0;owned\\u{7}boom"
+        );
+    }
+
+    #[test]
+    fn a_long_wait_list_is_cut_short() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+        assert_eq!(super::some_of(&ids[..2]), "t0, t1");
+        assert_eq!(
+            super::some_of(&ids),
+            "t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, and 990 more"
         );
     }
 }

@@ -42,11 +42,16 @@ pub struct CoordinatorConfig {
     /// How long an HTTP client may take to send its request headers (and an idle keep-alive
     /// connection may stay open).
     pub http_header_timeout: Duration,
+    /// The most tasks one submission may hold (`--max-graph-tasks`).
+    pub max_graph_tasks: usize,
 }
 
 impl CoordinatorConfig {
     pub const DEFAULT_RUN_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
     pub const DEFAULT_RETENTION_SWEEP: Duration = Duration::from_secs(60);
+    /// A submission's tasks at most, by default: twice the million-task graph measured in
+    /// the README (about 1.3 GiB of coordinator memory each million).
+    pub const DEFAULT_MAX_GRAPH_TASKS: usize = 2_000_000;
 
     pub fn new(listen: SocketAddr, http_listen: SocketAddr, data_dir: PathBuf) -> Self {
         CoordinatorConfig {
@@ -64,6 +69,7 @@ impl CoordinatorConfig {
             launch_templates: None,
             task_log_limit: crate::logstore::DEFAULT_LIMIT,
             http_header_timeout: crate::http::HEADER_TIMEOUT,
+            max_graph_tasks: Self::DEFAULT_MAX_GRAPH_TASKS,
         }
     }
 }

@@ -8,6 +8,8 @@ pub mod cache;
 mod config;
 mod convert;
 mod error;
+#[cfg(test)]
+mod fuzz_smoke;
 mod http;
 pub mod logstore;
 mod metrics;
@@ -57,6 +59,7 @@ pub struct Coordinator {
     auth: Arc<Auth>,
     tls: Option<ServerTls>,
     http_header_timeout: Duration,
+    max_graph_tasks: usize,
     cache_url: String,
 }
 
@@ -166,6 +169,7 @@ impl Coordinator {
             auth,
             tls,
             http_header_timeout: config.http_header_timeout,
+            max_graph_tasks: config.max_graph_tasks,
             cache_url,
         })
     }
@@ -265,6 +269,7 @@ impl Coordinator {
             .add_service(RunServiceServer::new(RunSvc::new(
                 self.handle.clone(),
                 auth.clone(),
+                self.max_graph_tasks,
                 self.cache_url.clone(),
             )))
             .add_service(AdminServiceServer::new(AdminSvc::new(

@@ -434,3 +434,87 @@ fn the_http_port_closes_silent_and_idle_connections_and_refuses_a_large_upload_a
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 }
+
+#[test]
+fn a_graph_larger_than_one_message_goes_in_pieces_and_the_task_limit_is_named() {
+    use drover_proto::v1 as pb;
+    use pb::run_service_client::RunServiceClient;
+    let fleet = Fleet::with_config(
+        "big-graph",
+        FleetConfig {
+            coordinator_args: vec!["--max-graph-tasks".into(), "12000".into()],
+            ..FleetConfig::default()
+        },
+    );
+    let out = fleet
+        .drover(&["start-ci-run"])
+        .env("DROVER_CI_EXECUTION_ID", "big")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // 12,000 tasks of about 430 bytes each: some 5 MB, past gRPC's 4 MiB for one message.
+    let task = |i: usize| pb::Task {
+        id: format!("p{i}:build"),
+        command: format!("true # {}", "x".repeat(400)),
+        depends_on: if i.is_multiple_of(100) {
+            vec![]
+        } else {
+            vec![format!("p{}:build", i - 1)]
+        },
+        ..Default::default()
+    };
+    let piece = |tasks: Vec<pb::Task>, first: bool| pb::SubmitGraphRequest {
+        ci_execution_id: if first { "big".into() } else { String::new() },
+        tasks,
+        ..Default::default()
+    };
+    let pieces = |n: usize| -> Vec<pb::SubmitGraphRequest> {
+        let tasks: Vec<pb::Task> = (0..n).map(task).collect();
+        tasks
+            .chunks(2_000)
+            .enumerate()
+            .map(|(k, c)| piece(c.to_vec(), k == 0))
+            .collect()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client =
+            RunServiceClient::new(fleet.connect(None).await).max_decoding_message_size(64 << 20);
+        // In one message it is too large, and the answer says so.
+        let whole = piece((0..12_000).map(task).collect(), true);
+        let status = client.submit_graph(whole).await.expect_err("too large");
+        assert!(
+            status.message().contains("4194304") || status.message().contains("too large"),
+            "{status:?}"
+        );
+        // Over the coordinator's limit: refused with the limit and its flag named.
+        let status = client
+            .submit_graph_stream(tokio_stream::iter(pieces(12_001)))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("12000") && status.message().contains("--max-graph-tasks"),
+            "{status:?}"
+        );
+        // In pieces it goes in, whole, as one submission.
+        let submitted = client
+            .submit_graph_stream(tokio_stream::iter(pieces(12_000)))
+            .await
+            .expect("submitted in pieces")
+            .into_inner();
+        assert_eq!((submitted.task_count, submitted.submission_id), (12_000, 1));
+        let run = client
+            .get_run(pb::GetRunRequest {
+                ci_execution_id: "big".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(run.tasks.len(), 12_000);
+    });
+}

@@ -53,6 +53,10 @@ pub struct CoordinatorArgs {
     /// halves of this, with a line saying how much was cut between (at least 1 KiB).
     #[arg(long, env = "DROVER_TASK_LOG_LIMIT", default_value_t = Size(drover_coordinator::logstore::DEFAULT_LIMIT), value_parser = task_log_limit)]
     pub task_log_limit: Size,
+    /// The most tasks one submission (one graph) may hold; a larger one is refused with this
+    /// limit named. About 1.3 GiB of coordinator memory a million tasks.
+    #[arg(long, env = "DROVER_MAX_GRAPH_TASKS", default_value_t = CoordinatorConfig::DEFAULT_MAX_GRAPH_TASKS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_graph_tasks: u64,
     /// How long an HTTP client may take to send its request headers; an idle keep-alive
     /// connection is closed after as long.
     #[arg(long, env = "DROVER_HTTP_HEADER_TIMEOUT", default_value_t = Positive(drover_coordinator::http_header_timeout_default()), hide = true)]
@@ -176,6 +180,7 @@ pub async fn run(args: CoordinatorArgs) -> Result<u8, CliError> {
     config.retention_sweep_interval = args.retention_sweep_interval.0;
     config.task_log_limit = args.task_log_limit.0;
     config.http_header_timeout = args.http_header_timeout.0;
+    config.max_graph_tasks = usize::try_from(args.max_graph_tasks).unwrap_or(usize::MAX);
     config.cache = args.cache.config();
     config.auth_file = args.auth_file;
     config.insecure_no_auth = args.insecure_no_auth;

@@ -8,7 +8,7 @@ use drover_scheduler::state::{Reply, RunRef, RunSpec, SchedError};
 use pb::run_service_server::RunService;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::actor::{Command, Handle};
 use crate::auth::{Auth, Scope};
@@ -19,16 +19,61 @@ use crate::runlog::Filter;
 pub struct RunSvc {
     actor: Handle,
     auth: Arc<Auth>,
+    max_graph_tasks: usize,
     /// The remote cache's URL as agents get it.
     cache_url: String,
 }
 
 impl RunSvc {
-    pub fn new(actor: Handle, auth: Arc<Auth>, cache_url: String) -> Self {
+    pub fn new(actor: Handle, auth: Arc<Auth>, max_graph_tasks: usize, cache_url: String) -> Self {
         RunSvc {
             actor,
             auth,
+            max_graph_tasks,
             cache_url,
+        }
+    }
+
+    /// A submission over the limit, said with the limit and how to raise it.
+    fn too_many(&self, count: usize) -> Status {
+        Status::resource_exhausted(format!(
+            "the graph has more than {} tasks ({count} so far), the coordinator's limit for \
+             one submission; raise it with --max-graph-tasks (DROVER_MAX_GRAPH_TASKS) or \
+             submit the graph in parts",
+            self.max_graph_tasks
+        ))
+    }
+
+    /// Takes in one whole graph as a submission of the run.
+    async fn submit(
+        &self,
+        run: RunRef,
+        tasks: Vec<pb::Task>,
+    ) -> Result<Response<pb::SubmitGraphResponse>, Status> {
+        let tasks: Vec<_> = tasks.into_iter().map(convert::task_from_proto).collect();
+        // Encoded for the store here, not in the scheduling loop: a large graph would hold
+        // every agent's next lease for as long as that takes.
+        let stored = crate::persist::encode_tasks(&tasks);
+        let reply = self
+            .actor
+            .ask(|reply| Command::Submit {
+                run,
+                tasks,
+                stored,
+                reply,
+            })
+            .await?;
+        match reply {
+            Reply::Submitted {
+                run_id,
+                submission,
+                tasks,
+            } => Ok(Response::new(pb::SubmitGraphResponse {
+                submission_id: submission,
+                task_count: tasks,
+                run_id,
+            })),
+            other => Err(unexpected(other)),
         }
     }
 }
@@ -79,35 +124,39 @@ impl RunService for RunSvc {
             .grpc(&request, Scope::Write, "RunService/SubmitGraph")?;
         let req = request.into_inner();
         let run = run_ref(req.run_id, req.ci_execution_id)?;
-        let tasks: Vec<_> = req
-            .tasks
-            .into_iter()
-            .map(convert::task_from_proto)
-            .collect();
-        // Encoded for the store here, not in the scheduling loop: a large graph would hold
-        // every agent's next lease for as long as that takes.
-        let stored = crate::persist::encode_tasks(&tasks);
-        let reply = self
-            .actor
-            .ask(|reply| Command::Submit {
-                run,
-                tasks,
-                stored,
-                reply,
-            })
-            .await?;
-        match reply {
-            Reply::Submitted {
-                run_id,
-                submission,
-                tasks,
-            } => Ok(Response::new(pb::SubmitGraphResponse {
-                submission_id: submission,
-                task_count: tasks,
-                run_id,
-            })),
-            other => Err(unexpected(other)),
+        if req.tasks.len() > self.max_graph_tasks {
+            return Err(self.too_many(req.tasks.len()));
         }
+        self.submit(run, req.tasks).await
+    }
+
+    async fn submit_graph_stream(
+        &self,
+        request: Request<Streaming<pb::SubmitGraphRequest>>,
+    ) -> Result<Response<pb::SubmitGraphResponse>, Status> {
+        self.auth
+            .grpc(&request, Scope::Write, "RunService/SubmitGraphStream")?;
+        let mut pieces = request.into_inner();
+        let first = pieces.message().await?.ok_or_else(|| {
+            Status::invalid_argument("the submission stream ended before its first message")
+        })?;
+        let run = run_ref(first.run_id, first.ci_execution_id)?;
+        let mut tasks = first.tasks;
+        if tasks.len() > self.max_graph_tasks {
+            return Err(self.too_many(tasks.len()));
+        }
+        while let Some(piece) = pieces.message().await? {
+            if !piece.run_id.is_empty() || !piece.ci_execution_id.is_empty() {
+                return Err(Status::invalid_argument(
+                    "only the first message of a submission stream names the run",
+                ));
+            }
+            if tasks.len() + piece.tasks.len() > self.max_graph_tasks {
+                return Err(self.too_many(tasks.len() + piece.tasks.len()));
+            }
+            tasks.extend(piece.tasks);
+        }
+        self.submit(run, tasks).await
     }
 
     async fn get_run(

@@ -75,18 +75,19 @@ pub fn parse_graph_file(path: &str, text: &str) -> Result<GraphFile, GraphError>
 }
 
 fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
-    let file: NativeFile = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line() as u32, l.column() as u32))
-            .unwrap_or((1, 1));
-        GraphError::Syntax {
-            path: path.to_string(),
-            line,
-            column,
-            message: one_line(&e),
-        }
-    })?;
+    let file: NativeFile = serde_saphyr::from_str_with_options(text, yaml_options(text.len()))
+        .map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line() as u32, l.column() as u32))
+                .unwrap_or((1, 1));
+            GraphError::Syntax {
+                path: path.to_string(),
+                line,
+                column,
+                message: one_line(&e),
+            }
+        })?;
     let mut positions = Vec::with_capacity(file.tasks.len());
     let mut tasks = Vec::with_capacity(file.tasks.len());
     for t in file.tasks {
@@ -152,6 +153,10 @@ fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
                 place: place_of(&task),
                 task,
             },
+            GraphError::ZeroParallelism { task, .. } => GraphError::ZeroParallelism {
+                place: place_of(&task),
+                task,
+            },
             GraphError::Empty => GraphError::File {
                 path: path.to_string(),
                 message: "the graph has no tasks".into(),
@@ -164,18 +169,74 @@ fn parse_native(path: &str, text: &str) -> Result<GraphFile, GraphError> {
 }
 
 /// The first line of a YAML error, without the rendered source snippet.
+/// The YAML parser's budget, sized by the file: a graph of a million tasks has some twelve
+/// million parser events, far past the parser's defaults for configuration files. Without
+/// anchors and aliases a document has at most about two events and nodes a byte; what an
+/// alias bomb would multiply (aliases, anchors, replayed events) keeps the default limits.
+fn yaml_options(bytes: usize) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    let by_size = bytes.saturating_mul(2);
+    budget.max_events = budget.max_events.max(by_size);
+    budget.max_nodes = budget.max_nodes.max(by_size);
+    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(bytes);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 fn one_line(e: &serde_saphyr::Error) -> String {
     let text = e.to_string();
-    text.lines()
-        .next()
-        .unwrap_or("invalid YAML")
-        .trim()
-        .to_string()
+    let line = text.lines().next().unwrap_or("invalid YAML").trim();
+    match line.split_once("budget breached: ") {
+        // The parser's own words name a Rust value; say what the limit is for.
+        Some((_, what)) => format!(
+            "the file is past a limit of the YAML parser ({what}); graph files may use at most \
+             50,000 aliases and anchors, which stops alias bombs, and events in proportion to \
+             their size (see Limits in the README)"
+        ),
+        None => line.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A graph of `n` tasks in chains of 100, as YAML.
+    fn chains(n: usize) -> String {
+        let mut text = String::from("tasks:\n");
+        for i in 0..n {
+            let (c, k) = (i / 100, i % 100);
+            text.push_str(&format!("  - id: c{c}:t{k}\n    command: \"true\"\n"));
+            if k > 0 {
+                text.push_str(&format!("    dependsOn: [c{c}:t{}]\n", k - 1));
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn a_large_yaml_graph_is_within_the_parser_budget() {
+        // The parser's default budget refused graphs from about 16,000 tasks on.
+        let f = parse_graph_file("big.yaml", &chains(40_000)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.graph.tasks.len(), 40_000);
+        assert_eq!(f.graph.tasks[39_999].depends_on, ["c399:t98"]);
+    }
+
+    #[test]
+    fn an_alias_bomb_is_still_refused() {
+        // One anchored kilobyte, repeated through 60,000 aliases: 60 MB from a file of 300 KB.
+        let mut text = format!(
+            "tasks:\n  - id: x:y\n    command: &big \"{}\"\n    dependsOn: [",
+            "x".repeat(1000)
+        );
+        text.push_str(&vec!["*big"; 60_000].join(", "));
+        text.push_str("]\n");
+        let error = parse_graph_file("bomb.yaml", &text).expect_err("refused");
+        let message = error.to_string();
+        assert!(message.starts_with("bomb.yaml:"), "{message}");
+        assert!(message.contains("alias"), "{message}");
+    }
 
     #[test]
     fn parses_native_yaml() {
@@ -274,6 +335,16 @@ mod tests {
         assert!(e.to_string().starts_with("g.yaml:4:"), "{e}");
         let e = parse_graph_file("g.json", "{\"tasks\": [}").unwrap_err();
         assert!(e.to_string().starts_with("g.json:1:"), "{e}");
+        let e = parse_graph_file(
+            "g.yaml",
+            "tasks:\n  - id: a\n    command: x\n  - id: b\n    command: y\n    parallelism: 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("g.yaml:4:9: task `b` has `parallelism: 0`"),
+            "{e}"
+        );
     }
 
     #[test]

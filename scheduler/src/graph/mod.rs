@@ -43,6 +43,10 @@ pub enum GraphError {
         task.escape_debug()
     )]
     ControlCharacter { place: String, task: String },
+    #[error(
+        "{place}task `{task}` has `parallelism: 0`; a task that may run at most N at once per agent needs N of 1 or more"
+    )]
+    ZeroParallelism { place: String, task: String },
     #[error("the graph has no tasks")]
     Empty,
 }

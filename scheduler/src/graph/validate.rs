@@ -56,6 +56,12 @@ impl TaskGraph {
                     task,
                 });
             }
+            if t.parallelism == Some(0) {
+                return Err(GraphError::ZeroParallelism {
+                    place: String::new(),
+                    task: t.id.clone(),
+                });
+            }
             if t.command.trim().is_empty() {
                 return Err(GraphError::EmptyCommand {
                     place: String::new(),

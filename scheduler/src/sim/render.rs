@@ -55,13 +55,20 @@ pub fn text(outcome: &Outcome) -> String {
         .map(|a| a.name.len() + 3)
         .max()
         .unwrap_or(0);
+    // Each slot's tasks, in one pass over the schedule (a million tasks on hundreds of slots).
+    let mut by_slot: std::collections::HashMap<(&str, u32), Vec<_>> =
+        std::collections::HashMap::new();
+    for p in &outcome.schedule {
+        by_slot
+            .entry((p.agent.as_str(), p.slot))
+            .or_default()
+            .push(p);
+    }
     for (k, slot) in rows(outcome) {
         let agent = &outcome.agents[k];
-        let mine: Vec<_> = outcome
-            .schedule
-            .iter()
-            .filter(|p| p.agent == agent.name && p.slot == slot)
-            .collect();
+        let mine = by_slot
+            .remove(&(agent.name.as_str(), slot))
+            .unwrap_or_default();
         let mut bar = vec!['.'; WIDTH];
         for p in &mine {
             let a = (p.start_ms.as_secs_f64() / span * WIDTH as f64).floor() as usize;
@@ -71,10 +78,11 @@ pub fn text(outcome: &Outcome) -> String {
             }
         }
         let label = format!("{}/{}", agent.name, slot);
-        let busy: f64 = mine
+        // (A sum of nothing would be -0.0, printed as "-0.0% busy".)
+        let busy = mine
             .iter()
             .map(|p| (p.end_ms - p.start_ms).as_secs_f64())
-            .sum();
+            .fold(0.0, |a, b| a + b);
         let _ = writeln!(
             out,
             "{label:<name_width$} |{}| {:>5.1}% busy",
