@@ -64,7 +64,15 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
     let parallel = parallelism(nx_args, find_nx_json().as_deref());
     let file = parse_graph_file("nx graph", &graph.to_string())
         .map_err(|e| CliError::Input(e.to_string()))?;
-    let env = forwarded_nx_env();
+    let mut env = forwarded_nx_env();
+    let nx_json = find_nx_json();
+    if nx_major(nx_json.as_deref()) == Some(21) && std::env::var_os("NX_DISABLE_DB").is_none() {
+        // Nx 21's task database (SQLite in .nx/workspace-data) fails with "database is
+        // locked" when two Nx processes of one checkout finish at once, as an agent's slots
+        // do; Nx 21 can do without it (its cache then works from files alone). Nx 22 on
+        // dropped the switch, and waits for the lock.
+        env.insert("NX_DISABLE_DB".into(), "true".into());
+    }
     let restore: BTreeMap<String, RestoreHow> = if args.no_restore_dependency_outputs {
         BTreeMap::new()
     } else {
@@ -181,6 +189,20 @@ pub(super) fn parallelism(args: &[String], nx_json: Option<&Path>) -> u32 {
 }
 
 /// nx.json of the workspace this command runs in (here or above).
+/// The major version of the workspace's own Nx (`node_modules/nx` beside `nx.json`).
+fn nx_major(nx_json: Option<&std::path::Path>) -> Option<u32> {
+    let package = nx_json?.parent()?.join("node_modules/nx/package.json");
+    let text = std::fs::read_to_string(package).ok()?;
+    let value: Value = serde_json::from_str(&text).ok()?;
+    value
+        .get("version")?
+        .as_str()?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 pub(super) fn find_nx_json() -> Option<PathBuf> {
     let mut dir = std::env::current_dir().ok()?;
     loop {
