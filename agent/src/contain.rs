@@ -160,11 +160,7 @@ fn remove_tree(dir: &Path) {
 
 /// Kills what a cgroup holds and removes it once the kernel has emptied it.
 fn remove_cgroup(dir: &Path) {
-    if let Err(error) = std::fs::write(dir.join("cgroup.kill"), "1")
-        && error.kind() != io::ErrorKind::NotFound
-    {
-        tracing::warn!(cgroup = %dir.display(), %error, "could not kill a task's cgroup");
-    }
+    kill_cgroup(dir);
     // Killed processes leave the cgroup within moments; until then it cannot be removed.
     for _ in 0..200 {
         match std::fs::remove_dir(dir) {
@@ -175,6 +171,15 @@ fn remove_cgroup(dir: &Path) {
     }
     if let Err(error) = std::fs::remove_dir(dir) {
         tracing::warn!(cgroup = %dir.display(), %error, "could not remove a task's cgroup");
+    }
+}
+
+/// Kills every process in a cgroup, those started meanwhile included.
+fn kill_cgroup(dir: &Path) {
+    if let Err(error) = std::fs::write(dir.join("cgroup.kill"), "1")
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(cgroup = %dir.display(), %error, "could not kill a task's cgroup");
     }
 }
 
@@ -248,11 +253,7 @@ impl TaskCgroup {
 
     /// Kills every process in the cgroup, those started meanwhile included.
     pub(crate) fn kill(&self) {
-        if let Err(error) = std::fs::write(self.dir.join("cgroup.kill"), "1")
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(cgroup = %self.dir.display(), %error, "could not kill a task's cgroup");
-        }
+        kill_cgroup(&self.dir);
     }
 
     fn pids(&self) -> Vec<Pid> {
@@ -273,16 +274,15 @@ impl TaskCgroup {
 }
 
 impl Drop for TaskCgroup {
-    /// Kills what is left; an empty cgroup is kept for the next task, one that is not yet
-    /// empty is removed once the kernel has emptied it.
+    /// An empty cgroup (its task's processes were killed with it) is kept for the next task;
+    /// one that still holds processes is killed and removed once the kernel has emptied it.
     fn drop(&mut self) {
-        self.kill();
-        if !self.populated() {
-            let mut free = self.root.free.lock().unwrap_or_else(|p| p.into_inner());
-            free.push(std::mem::take(&mut self.dir));
+        if self.populated() {
+            remove_cgroup(&self.dir);
             return;
         }
-        remove_cgroup(&self.dir);
+        let mut free = self.root.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.push(std::mem::take(&mut self.dir));
     }
 }
 

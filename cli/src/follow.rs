@@ -61,16 +61,16 @@ impl Counts {
     }
 
     fn count(&mut self, status: pb::TaskStatus, by: isize) {
-        let tally = match status {
-            pb::TaskStatus::Running => &mut self.running,
-            pb::TaskStatus::Succeeded | pb::TaskStatus::Skipped => &mut self.done,
+        let add = |n: &mut usize| *n = n.checked_add_signed(by).expect("counted once");
+        match status {
+            pb::TaskStatus::Running => add(&mut self.running),
+            pb::TaskStatus::Succeeded | pb::TaskStatus::Skipped => add(&mut self.done),
             pb::TaskStatus::Failed => {
-                self.done = self.done.checked_add_signed(by).expect("counted once");
-                &mut self.failed
+                add(&mut self.done);
+                add(&mut self.failed);
             }
-            _ => return,
-        };
-        *tally = tally.checked_add_signed(by).expect("counted once");
+            _ => {}
+        }
     }
 
     fn line(&self, total: usize) -> String {

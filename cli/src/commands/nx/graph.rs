@@ -61,11 +61,11 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
         apply_configuration(&mut graph, &configuration);
     }
     let continuous = count_continuous(&graph);
-    let parallel = parallelism(nx_args, find_nx_json().as_deref());
+    let nx_json = find_nx_json();
+    let parallel = parallelism(nx_args, nx_json.as_deref());
     let file = parse_graph_file("nx graph", &graph.to_string())
         .map_err(|e| CliError::Input(e.to_string()))?;
     let mut env = forwarded_nx_env();
-    let nx_json = find_nx_json();
     if nx_major(nx_json.as_deref()) == Some(21) && std::env::var_os("NX_DISABLE_DB").is_none() {
         // Nx 21's task database (SQLite in .nx/workspace-data) fails with "database is
         // locked" when two Nx processes of one checkout finish at once, as an agent's slots
@@ -188,9 +188,8 @@ pub(super) fn parallelism(args: &[String], nx_json: Option<&Path>) -> u32 {
     }
 }
 
-/// nx.json of the workspace this command runs in (here or above).
 /// The major version of the workspace's own Nx (`node_modules/nx` beside `nx.json`).
-fn nx_major(nx_json: Option<&std::path::Path>) -> Option<u32> {
+fn nx_major(nx_json: Option<&Path>) -> Option<u32> {
     let package = nx_json?.parent()?.join("node_modules/nx/package.json");
     let text = std::fs::read_to_string(package).ok()?;
     let value: Value = serde_json::from_str(&text).ok()?;
@@ -203,6 +202,7 @@ fn nx_major(nx_json: Option<&std::path::Path>) -> Option<u32> {
         .ok()
 }
 
+/// nx.json of the workspace this command runs in (here or above).
 pub(super) fn find_nx_json() -> Option<PathBuf> {
     let mut dir = std::env::current_dir().ok()?;
     loop {
