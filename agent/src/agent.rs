@@ -144,6 +144,7 @@ impl Agent {
             pipe_drain_limit: PIPE_DRAIN_LIMIT,
             workspaces: config.workspaces.clone(),
             containment,
+            nx_worker: crate::nx_worker::enabled_by_env(),
         });
         Self {
             session: Session::new(config.slots, OUTPUT_LIMIT),

@@ -28,6 +28,7 @@ use tokio::task::{self, JoinError, JoinSet};
 use drover_scheduler::duration::format_duration;
 
 use crate::contain::{Containment, TaskCgroup};
+use crate::nx_worker::{self, NxWorkers, WorkerOutcome};
 use crate::workspace::{Trees, WorkspacesConfig, coordinator_templates_path};
 
 /// The largest output chunk read and sent at once.
@@ -52,6 +53,8 @@ pub(crate) struct ExecContext {
     pub(crate) workspaces: Option<WorkspacesConfig>,
     /// Process groups, or a cgroup per task.
     pub(crate) containment: Containment,
+    /// Whether tasks that `drover nx` marks run in warm Nx workers ([`crate::nx_worker`]).
+    pub(crate) nx_worker: bool,
 }
 
 /// One task to run, taken from a lease.
@@ -147,14 +150,14 @@ pub(crate) enum TaskEvent {
 /// A task's processes: its process group and, where the agent uses them, its cgroup.
 /// Killed with SIGKILL when dropped unless it already was.
 #[derive(Debug)]
-struct ProcessGroup {
+pub(crate) struct ProcessGroup {
     pgid: Pid,
     killed: AtomicBool,
     cgroup: std::sync::Mutex<Option<TaskCgroup>>,
 }
 
 impl ProcessGroup {
-    fn new(leader: u32, cgroup: Option<TaskCgroup>) -> Self {
+    pub(crate) fn new(leader: u32, cgroup: Option<TaskCgroup>) -> Self {
         let pgid = Pid::from_raw(i32::try_from(leader).unwrap_or(0));
         Self {
             pgid,
@@ -164,7 +167,7 @@ impl ProcessGroup {
     }
 
     /// Sends `signal` to the whole group (and cgroup), unless it was already killed.
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         if !self.killed.load(Ordering::SeqCst) {
             self.send(signal);
             if let Some(cgroup) = &*self.cgroup() {
@@ -176,7 +179,7 @@ impl ProcessGroup {
     /// SIGKILL to the whole group, once; later signals are not sent (the group id may be
     /// reused once its processes are gone). The cgroup is killed whole every time: it holds
     /// only the task's processes, and those that left the process group.
-    fn kill(&self) {
+    pub(crate) fn kill(&self) {
         if !self.killed.swap(true, Ordering::SeqCst) {
             self.send(Signal::SIGKILL);
         }
@@ -274,11 +277,16 @@ pub(crate) struct TaskSet {
     trees: Trees,
     /// The workspace tree each supervisor's task runs in.
     tree_of: HashMap<task::Id, (String, u32)>,
+    nx_workers: Arc<NxWorkers>,
+    /// Tasks a warm Nx worker handed back, to run as their commands.
+    fallback_tx: mpsc::UnboundedSender<TaskSpec>,
+    fallback_rx: mpsc::UnboundedReceiver<TaskSpec>,
 }
 
 impl TaskSet {
     pub(crate) fn new(ctx: ExecContext) -> Self {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let (fallback_tx, fallback_rx) = mpsc::unbounded_channel();
         Self {
             ctx,
             running: HashMap::new(),
@@ -289,6 +297,9 @@ impl TaskSet {
             events_rx,
             trees: Trees::default(),
             tree_of: HashMap::new(),
+            nx_workers: Arc::new(NxWorkers::default()),
+            fallback_tx,
+            fallback_rx,
         }
     }
 
@@ -298,8 +309,55 @@ impl TaskSet {
         self.running.len()
     }
 
-    /// Spawns the task's process and its supervisor. An error means nothing was started.
+    /// Spawns the task's process and its supervisor (or hands the task to a warm Nx worker).
+    /// An error means nothing was started.
     pub(crate) fn start(&mut self, spec: TaskSpec) -> io::Result<()> {
+        let in_workspace =
+            self.ctx.workspaces.is_some() && !spec.repository.is_empty() && !spec.commit.is_empty();
+        if !in_workspace && nx_worker::wants_worker(&self.ctx, &spec) {
+            self.start_in_worker(spec);
+            return Ok(());
+        }
+        self.start_command(spec)
+    }
+
+    /// Hands the task to a warm Nx worker of its run; one that cannot run it hands it back
+    /// (see [`Self::next_event`]).
+    fn start_in_worker(&mut self, spec: TaskSpec) {
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let (workers, ctx) = (Arc::clone(&self.nx_workers), self.ctx.clone());
+        let (events, fallback) = (self.events_tx.clone(), self.fallback_tx.clone());
+        let (lease_id, token) = (spec.lease_id.clone(), spec.token);
+        let id = self
+            .supervisors
+            .spawn(async move {
+                let outcome =
+                    nx_worker::run_task(workers, ctx, spec.clone(), events.clone(), cancel_rx)
+                        .await;
+                match outcome {
+                    WorkerOutcome::Done(result) => {
+                        let _ = events.send(TaskEvent::Finished(result)).await;
+                    }
+                    WorkerOutcome::Cancelled => {}
+                    WorkerOutcome::Fallback => {
+                        let _ = fallback.send(spec);
+                    }
+                }
+            })
+            .id();
+        self.leases.insert(id, (lease_id.clone(), token));
+        self.running.insert(
+            lease_id,
+            Running {
+                token,
+                supervisor: id,
+                cancel: cancel_tx,
+            },
+        );
+    }
+
+    /// Spawns the task's command and its supervisor. An error means nothing was started.
+    fn start_command(&mut self, spec: TaskSpec) -> io::Result<()> {
         let ctx = &self.ctx;
         let workspace = ctx
             .workspaces
@@ -456,6 +514,7 @@ impl TaskSet {
         for group in self.groups.values() {
             group.kill();
         }
+        self.nx_workers.kill_all();
         let killed = self.running.len();
         self.running.clear();
         killed
@@ -474,6 +533,17 @@ impl TaskSet {
                 Some(joined) = self.supervisors.join_next_with_id(), if !self.supervisors.is_empty() => {
                     if let Some(event) = self.reap(joined) {
                         return event;
+                    }
+                }
+                Some(spec) = self.fallback_rx.recv() => {
+                    // Unless it was cancelled meanwhile, the task runs as its command.
+                    if self.running.get(&spec.lease_id).is_none_or(|r| r.token != spec.token) {
+                        continue;
+                    }
+                    let (lease_id, token) = (spec.lease_id.clone(), spec.token);
+                    if let Err(error) = self.start_command(spec) {
+                        self.running.remove(&lease_id);
+                        return TaskEvent::Finished(TaskResult::not_run(&lease_id, token, error.to_string()));
                     }
                 }
                 else => pending::<()>().await,
@@ -639,7 +709,7 @@ impl Supervisor {
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => pending().await,
@@ -725,6 +795,7 @@ mod tests {
             pipe_drain_limit: Duration::from_millis(500),
             workspaces: None,
             containment: Containment::detect(),
+            nx_worker: true,
         }
     }
 

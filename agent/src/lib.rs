@@ -35,6 +35,7 @@ mod error;
 mod executor;
 #[cfg(test)]
 mod fake_coordinator;
+mod nx_worker;
 mod outbox;
 mod session;
 mod shutdown;

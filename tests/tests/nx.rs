@@ -275,6 +275,10 @@ fn nx_agent(
         "--daemon",
     ]);
     cmd.envs(nx_env(fleet, name));
+    if name == "large-1" {
+        // This one runs each task as its `nx run` command; medium-1 in warm Nx workers.
+        cmd.env("DROVER_AGENT_NX_WORKER", "off");
+    }
     if check_deps {
         cmd.env("DROVER_NX_CHECK_DEPS", "1");
     }
@@ -440,6 +444,19 @@ fn drover_nx_runs_every_task_on_the_agents_and_brings_outputs_and_logs_back() {
         assert_eq!(r[3], "from-the-main-job", "{r:?}");
         assert_eq!(r[4], r[1], "each agent keeps its own Nx cache: {r:?}");
     }
+    // medium-1 ran its tasks in warm Nx workers, at most one per slot; large-1 (workers
+    // off) as commands.
+    let medium = std::fs::read_to_string(fleet.dir.join("medium-1.log")).unwrap();
+    let large = std::fs::read_to_string(fleet.dir.join("large-1.log")).unwrap();
+    let on_medium = ran.iter().filter(|r| r.1 == "medium-1").count();
+    assert_eq!(
+        medium.matches("the task runs in an Nx worker").count(),
+        on_medium,
+        "{medium}"
+    );
+    let workers = medium.matches("started an Nx worker").count();
+    assert!((1..=2).contains(&workers), "{workers} workers\n{medium}");
+    assert!(!large.contains("Nx worker"), "{large}");
     let by_template: HashMap<&str, usize> = ran.iter().fold(HashMap::new(), |mut m, r| {
         *m.entry(r.2.as_str()).or_default() += 1;
         m

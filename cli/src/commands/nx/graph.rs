@@ -86,6 +86,7 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
         .tasks
         .into_iter()
         .map(|mut t| {
+            let from_nx = t.command.starts_with("npx nx ") && !t.project.is_empty();
             if let Some(rest) = t.command.strip_prefix("npx nx ") {
                 t.command = format!("{} {rest}", args.nx);
             }
@@ -94,9 +95,21 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
                 let words: Vec<String> = overrides.iter().map(|w| shell_word(w)).collect();
                 t.command = format!("{} -- {}", t.command, words.join(" "));
             }
+            // What a warm Nx worker on the agent runs instead of the command (the same
+            // thing, without an Nx start-up); the command stays for agents without one.
+            let mut worker = from_nx.then(|| {
+                serde_json::json!({
+                    "project": t.project,
+                    "target": t.target,
+                    "configuration": t.configuration,
+                    "overrides": overrides,
+                    "restore": false,
+                })
+            });
             match restore.get(&t.id) {
                 Some(RestoreHow::InTheTaskRun {
-                    note,
+                    message,
+                    worker_note,
                     configuration,
                 }) => {
                     // One Nx start-up: Nx takes the dependencies from the cache, then the task.
@@ -108,12 +121,22 @@ pub(super) fn prepare(args: &NxArgs, mut graph: Value) -> Result<Prepared, CliEr
                         _ => String::new(),
                     };
                     let command = t.command.replace(" --excludeTaskDependencies", &with);
-                    t.command = format!("{note} && {command}");
+                    t.command = format!("echo {} && {command}", shell_word(message));
+                    if let Some(w) = worker.as_mut() {
+                        w["restore"] = true.into();
+                        w["configuration"] =
+                            t.configuration.clone().or(configuration.clone()).into();
+                        w["note"] = worker_note.clone().into();
+                    }
                 }
                 Some(RestoreHow::Steps(steps)) => {
                     t.command = format!("{steps} && {}", t.command);
+                    worker = None;
                 }
                 None => {}
+            }
+            if let Some(w) = worker {
+                t.env.insert(NX_TASK_VAR.into(), w.to_string());
             }
             t.parallelism = t.parallelism.or(Some(parallel));
             for (k, v) in &env {
@@ -336,9 +359,11 @@ pub(super) fn restore_plan(graph: &drover_scheduler::TaskGraph) -> BTreeMap<Stri
 pub(super) enum RestoreHow {
     /// Every dependency is cacheable and runs as it did on its own agent: the task runs as
     /// `nx run <task id>` with its dependencies (all cache hits), one Nx start-up for both.
-    /// `note` is the step that says so in the task's log; `configuration` the command's.
+    /// `message` is what the task's log says of it (`worker_note` where a warm Nx worker
+    /// restores them); `configuration` the command's.
     InTheTaskRun {
-        note: String,
+        message: String,
+        worker_note: String,
         configuration: Option<String>,
     },
     /// Steps before the task (see [`restore_steps`]).
@@ -362,8 +387,13 @@ pub(super) fn restore_how(nx: &str, plan: &Restore<'_>, nx_args: &[String]) -> R
             "drover: Nx restores the outputs of {} from the remote cache, then runs the task (a dependency missing from the cache, e.g. its upload was refused, runs again here: see Nx's summary)",
             ids.join(", ")
         );
+        let worker_note = format!(
+            "drover: restoring the outputs of {} from the remote cache, then running the task",
+            ids.join(", ")
+        );
         RestoreHow::InTheTaskRun {
-            note: format!("echo {}", shell_word(&message)),
+            message,
+            worker_note,
             configuration,
         }
     } else {
@@ -405,3 +435,8 @@ pub(super) fn restore_steps(nx: &str, plan: &Restore<'_>, nx_args: &[String]) ->
 }
 
 pub(crate) use drover_scheduler::shell_word;
+
+/// The variable that tells an agent's warm Nx worker what to run for a task (the agent's
+/// `nx_worker` module reads it): project, target, configuration, overrides, and whether to
+/// restore the dependencies' outputs first.
+pub(crate) const NX_TASK_VAR: &str = "DROVER_NX_TASK";

@@ -214,12 +214,17 @@ fn dependency_outputs_are_restored_transitively_and_the_log_names_what_cannot_be
     // All cacheable: one Nx run takes the dependencies from the cache, then the task.
     match restore_how("npx nx", &plan["app:e2e"], &[]) {
         RestoreHow::InTheTaskRun {
-            note,
+            message,
+            worker_note,
             configuration,
         } => {
             assert_eq!(
-                note,
-                "echo 'drover: Nx restores the outputs of app:build, util:build from the remote cache, then runs the task (a dependency missing from the cache, e.g. its upload was refused, runs again here: see Nx'\\''s summary)'"
+                worker_note,
+                "drover: restoring the outputs of app:build, util:build from the remote cache, then running the task"
+            );
+            assert_eq!(
+                shell_word(&message),
+                "'drover: Nx restores the outputs of app:build, util:build from the remote cache, then runs the task (a dependency missing from the cache, e.g. its upload was refused, runs again here: see Nx'\\''s summary)'"
             );
             assert_eq!(configuration, None);
         }
