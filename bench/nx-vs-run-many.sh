@@ -2,8 +2,9 @@
 # drover nx over two agents of two slots vs. nx run-many --parallel=4 on one machine, on a
 # generated workspace of 33 tasks of 1 second each (11 projects in a tree; build needs the
 # dependencies' builds and reads their dist/, test needs the build, lint nothing). Prints both
-# wall times, the ratio, and the agents' per-task overhead (lease received -> Nx start of the
-# task's command, and command end -> result sent) from their logs when they have it.
+# wall times, the ratio, and the agents' per-task overhead from their logs: lease received ->
+# Nx starts the task's executor (in the agent's warm Nx worker) and executor end -> result sent;
+# and lease received -> the task's own command starts (after its own Node start-up).
 #
 #   bash bench/nx-vs-run-many.sh [path/to/drover] [path/to/dir/with/node_modules]
 #   (defaults: target/release/drover, ~/.cache/drover/nx24-fixture)
@@ -87,6 +88,7 @@ for a in 1 2; do
   workspace "$work/agent$a"
   mkdir -p "$work/home$a"
   HOME="$work/home$a" NX_CACHE_DIRECTORY="$work/cache-agent$a" BENCH_RECORD="$work/record.txt" \
+    DROVER_NX_WORKER_TIMINGS="$work/executor.txt" \
     NX_DAEMON=${AGENT_NX_DAEMON:-false} RUST_LOG=${RUST_LOG:-info} \
     "$DROVER" agent --launch-template linux --slots 2 --name "agent$a" --workdir "$work/agent$a" --daemon \
     > "$work/agent$a.log" 2>&1 &
@@ -122,11 +124,20 @@ for log in glob.glob(f"{work}/agent*.log"):
         m = re.search(r'task finished lease_id="(\d+)"', line)
         if m and (log, m[1]) in lease_task:
             end[lease_task[(log, m[1])]] = ts(line)
-before, after = [], []
-for line in open(f"{work}/record.txt"):
-    task, s, e = line.split()
-    if task in start and task in end:
-        before.append(int(s) - start[task]); after.append(end[task] - int(e))
-if before:
-    print(f"per-task overhead ({len(before)} tasks): lease -> command start median {statistics.median(before):.0f} ms, max {max(before):.0f} ms; command end -> result median {statistics.median(after):.0f} ms, max {max(after):.0f} ms")
+def overhead(record, what):
+    before, after = [], []
+    try:
+        lines = open(record).read().split("\n")
+    except FileNotFoundError:
+        return
+    for line in filter(None, lines):
+        task, s, e = line.split()
+        if task in start and task in end:
+            before.append(int(s) - start[task]); after.append(end[task] - int(e))
+    if before:
+        print(f"per-task overhead ({len(before)} tasks): lease -> {what} start median {statistics.median(before):.0f} ms, max {max(before):.0f} ms; {what} end -> result median {statistics.median(after):.0f} ms, max {max(after):.0f} ms")
+# Nx's executor (as the warm worker sees it: Nx's startTasks and endTasks), then the task's
+# own command (its first line of JavaScript, after its own Node start-up).
+overhead(f"{work}/executor.txt", "Nx executor")
+overhead(f"{work}/record.txt", "command")
 PY

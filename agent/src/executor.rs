@@ -1118,4 +1118,162 @@ mod tests {
             "grandchild {grandchild} survived"
         );
     }
+
+    /// A checkout with a stand-in for Nx's task-running API (the real Nx runs in the end-to-end
+    /// tests): a task's target says what it does (`ok`, `fail`, `die`, `hang`).
+    fn checkout_with_stand_in_nx(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("drover-nx-worker-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = dir.join("node_modules/nx/src");
+        for sub in ["project-graph", "config", "tasks-runner", "utils"] {
+            std::fs::create_dir_all(src.join(sub)).unwrap();
+        }
+        let write = |path: &str, text: &str| std::fs::write(dir.join(path), text).unwrap();
+        write(
+            "node_modules/nx/package.json",
+            r#"{"name":"nx","version":"0.0.0-stand-in"}"#,
+        );
+        write(
+            "node_modules/nx/src/project-graph/project-graph.js",
+            "exports.createProjectGraphAsync = async () => ({ nodes: {}, dependencies: {} });",
+        );
+        write(
+            "node_modules/nx/src/config/nx-json.js",
+            "exports.readNxJson = () => ({});",
+        );
+        write(
+            "node_modules/nx/src/utils/command-line-utils.js",
+            "exports.createOverrides = (w) => ({ __overrides_unparsed__: w });",
+        );
+        write(
+            "node_modules/nx/src/tasks-runner/create-task-graph.js",
+            "exports.createTaskGraph = (pg, x, [project], [target]) => { const id = `${project}:${target}`;
+               return { roots: [id], tasks: { [id]: { id, target: { project, target } } },
+                        dependencies: { [id]: [] }, continuousDependencies: { [id]: [] } }; };",
+        );
+        write(
+            "node_modules/nx/src/tasks-runner/init-tasks-runner.js",
+            "exports.runDiscreteTasks = async ([task]) => {
+               const what = task.target.target;
+               console.log(`ran ${task.id} in ${process.pid} as ${process.env.DROVER_TASK_ID}`);
+               if (what === 'die') process.exit(9);
+               if (what === 'hang') return [new Promise(() => {})];
+               return [Promise.resolve([{ task, status: what === 'ok' ? 'success' : 'failure', code: what === 'ok' ? 0 : 3 }])];
+             };",
+        );
+        dir
+    }
+
+    fn nx_spec(lease: &str, target: &str, command: &str) -> TaskSpec {
+        let mut s = spec(command);
+        s.lease_id = lease.into();
+        s.task_id = format!("app:{target}");
+        s.env.insert(
+            crate::nx_worker::TASK_VAR.into(),
+            format!(r#"{{"project":"app","target":"{target}","restore":false}}"#),
+        );
+        s
+    }
+
+    fn node_available() -> bool {
+        std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    #[tokio::test]
+    async fn nx_tasks_run_one_after_another_in_one_warm_worker() {
+        if !node_available() {
+            eprintln!("skipped: no node on PATH");
+            return;
+        }
+        let mut tasks = TaskSet::new(ctx(checkout_with_stand_in_nx("warm")));
+        tasks
+            .start(nx_spec("lease-1", "ok", "echo the-command"))
+            .unwrap();
+        let (out, first) = until_finished(&mut tasks, Duration::from_secs(60)).await;
+        assert_eq!(first.exit_code, 0, "{out:?}");
+        let text = out.stdout();
+        assert!(text.starts_with("ran app:ok in "), "{text:?}");
+        assert!(text.ends_with(" as app:ok\n"), "{text:?}");
+        assert!(!text.contains("the-command"), "{text:?}");
+        let pid = text.split_whitespace().nth(3).unwrap().to_string();
+
+        tasks
+            .start(nx_spec("lease-1", "fail", "echo the-command"))
+            .unwrap();
+        let (out, second) = until_finished(&mut tasks, Duration::from_secs(60)).await;
+        assert_eq!(second.exit_code, 3, "{out:?}");
+        assert_eq!(
+            out.stdout(),
+            format!("ran app:fail in {pid} as app:fail\n"),
+            "the same worker"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_dies_hands_the_task_to_its_command() {
+        if !node_available() {
+            eprintln!("skipped: no node on PATH");
+            return;
+        }
+        let mut tasks = TaskSet::new(ctx(checkout_with_stand_in_nx("dies")));
+        tasks
+            .start(nx_spec("lease-1", "die", "echo the-command"))
+            .unwrap();
+        let (out, result) = until_finished(&mut tasks, Duration::from_secs(60)).await;
+        assert_eq!(result.exit_code, 0, "{out:?}");
+        assert!(out.stdout().ends_with("the-command\n"), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("the Nx worker failed (the worker exited)"),
+            "{said}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_nx_in_the_checkout_nx_tasks_run_their_commands() {
+        let dir = std::env::temp_dir().join(format!("drover-no-nx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut tasks = TaskSet::new(ctx(dir));
+        for lease in ["lease-1", "lease-2"] {
+            tasks
+                .start(nx_spec(lease, "ok", "echo the-command"))
+                .unwrap();
+            let (out, result) = until_finished(&mut tasks, Duration::from_secs(60)).await;
+            assert_eq!(
+                (result.exit_code, out.stdout()),
+                (0, "the-command\n".into())
+            );
+        }
+        assert!(tasks.nx_workers.is_unavailable("run-9"));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_in_a_worker_ends_the_worker_and_fails_the_task() {
+        if !node_available() {
+            eprintln!("skipped: no node on PATH");
+            return;
+        }
+        let mut tasks = TaskSet::new(ctx(checkout_with_stand_in_nx("hangs")));
+        let mut spec = nx_spec("lease-1", "hang", "echo the-command");
+        spec.timeout = Some(Duration::from_millis(1500));
+        tasks.start(spec).unwrap();
+        let (out, result) = until_finished(&mut tasks, Duration::from_secs(60)).await;
+        assert_eq!(result.exit_code, -1, "{out:?}");
+        assert_eq!(result.error, "timed out after 1.5s");
+        let pid: i32 = out
+            .stdout()
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            gone_within(pid, Duration::from_secs(5)).await,
+            "the worker {pid} lives on"
+        );
+    }
 }

@@ -142,7 +142,17 @@ async function runTask(nx, pristineGraph, req) {
   if (!id) return { fallback: `Nx's graph has no task ${req.project}:${req.target}` };
   const continuous = Object.values(taskGraph.continuousDependencies || {}).some((e) => e.length > 0);
   if (continuous) return { fallback: 'the task has continuous dependencies' };
-  const lifeCycle = {};
+  // When Nx starts the task's executor and when it ends, for the per-task overhead figures
+  // (`DROVER_NX_WORKER_TIMINGS`: a file to append "task-id start-ms end-ms" lines to).
+  const times = {};
+  const lifeCycle = {
+    startTasks(tasks) {
+      for (const t of tasks) if (t.id === id) times.start = Date.now();
+    },
+    endTasks(results) {
+      for (const r of results) if (r.task.id === id) times.end = Date.now();
+    },
+  };
   if (req.restore) {
     const skip = new Set(req.skip || []);
     const levels = dependencyLevels(taskGraph, id)
@@ -173,6 +183,10 @@ async function runTask(nx, pristineGraph, req) {
   const handles = await nx.runDiscreteTasks([taskGraph.tasks[id]], projectGraph, taskGraph, nxJson, lifeCycle);
   const [result] = (await Promise.all(handles)).flat();
   if (result) debug([result]);
+  const timings = process.env.DROVER_NX_WORKER_TIMINGS;
+  if (timings && times.start && times.end) {
+    fs.appendFileSync(timings, `${process.env.DROVER_TASK_ID || id} ${times.start} ${times.end}\n`);
+  }
   if (!result) return { code: 1 };
   if (typeof result.code === 'number') return { code: result.code };
   return { code: result.status === 'failure' ? 1 : 0 };

@@ -103,7 +103,7 @@ impl NxWorkers {
         worker.group.kill();
     }
 
-    fn is_unavailable(&self, run: &str) -> bool {
+    pub(crate) fn is_unavailable(&self, run: &str) -> bool {
         self.pool().unavailable.contains(run)
     }
 
