@@ -265,6 +265,36 @@ fn resolves(program: &str, workdir: &std::path::Path, task_path: Option<&String>
     path.is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
+/// `drover prepare-workspace` for the task's run in tree `n`, up to the `--` after which the
+/// command it becomes goes.
+pub(crate) fn prepare_workspace(
+    ws: &WorkspacesConfig,
+    launch_template: &str,
+    spec: &TaskSpec,
+    n: u32,
+) -> Command {
+    let mut c = Command::new(&ws.exe);
+    c.arg("prepare-workspace")
+        .arg("--workspaces")
+        .arg(&ws.dir)
+        .args(["--repository", &spec.repository, "--commit", &spec.commit])
+        .args(["--run", &spec.run_id, "--tree", &n.to_string()])
+        .args(["--launch-template", launch_template]);
+    for f in ws
+        .launch_templates
+        .iter()
+        .cloned()
+        .chain([coordinator_templates_path(&ws.dir)])
+    {
+        c.arg("--fallback-templates").arg(f);
+    }
+    for k in &ws.keep {
+        c.args(["--keep", k]);
+    }
+    c.arg("--").current_dir(&ws.dir);
+    c
+}
+
 /// The running tasks of one agent: their supervisors, process groups and events.
 pub(crate) struct TaskSet {
     ctx: ExecContext,
@@ -314,16 +344,37 @@ impl TaskSet {
     pub(crate) fn start(&mut self, spec: TaskSpec) -> io::Result<()> {
         let in_workspace =
             self.ctx.workspaces.is_some() && !spec.repository.is_empty() && !spec.commit.is_empty();
-        if !in_workspace && nx_worker::wants_worker(&self.ctx, &spec) {
-            self.start_in_worker(spec);
+        if nx_worker::wants_worker(&self.ctx, &spec) {
+            self.start_in_worker(spec, in_workspace);
             return Ok(());
         }
         self.start_command(spec)
     }
 
-    /// Hands the task to a warm Nx worker of its run; one that cannot run it hands it back
-    /// (see [`Self::next_event`]).
-    fn start_in_worker(&mut self, spec: TaskSpec) {
+    /// Trees that ended workers held, back to the trees free for other runs.
+    fn give_back_worker_trees(&mut self) {
+        for tree in self.nx_workers.released_trees() {
+            self.trees.give_back(&tree);
+        }
+    }
+
+    /// Hands the task to a warm Nx worker of its run (an idle one, else a new one, started in
+    /// the run's workspace tree on a daemon agent with workspaces); one that cannot run it
+    /// hands it back (see [`Self::next_event`]).
+    fn start_in_worker(&mut self, spec: TaskSpec, in_workspace: bool) {
+        let idle = self.nx_workers.take(&spec.run_id);
+        self.give_back_worker_trees();
+        let launch = match (&idle, &self.ctx.workspaces) {
+            (None, Some(ws)) if in_workspace => {
+                let tree = self.trees.take(&spec.repository, &spec.run_id);
+                let command = prepare_workspace(ws, &self.ctx.launch_template, &spec, tree.1);
+                nx_worker::Launch::Workspace {
+                    command: Box::new(command),
+                    tree,
+                }
+            }
+            _ => nx_worker::Launch::Checkout,
+        };
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let (workers, ctx) = (Arc::clone(&self.nx_workers), self.ctx.clone());
         let (events, fallback) = (self.events_tx.clone(), self.fallback_tx.clone());
@@ -331,9 +382,15 @@ impl TaskSet {
         let id = self
             .supervisors
             .spawn(async move {
-                let outcome =
-                    nx_worker::run_task(workers, ctx, spec.clone(), events.clone(), cancel_rx)
-                        .await;
+                let task = nx_worker::WorkerTask {
+                    workers,
+                    ctx,
+                    spec: spec.clone(),
+                    events: events.clone(),
+                    idle,
+                    launch,
+                };
+                let outcome = nx_worker::run_task(task, cancel_rx).await;
                 match outcome {
                     WorkerOutcome::Done(result) => {
                         let _ = events.send(TaskEvent::Finished(result)).await;
@@ -358,6 +415,7 @@ impl TaskSet {
 
     /// Spawns the task's command and its supervisor. An error means nothing was started.
     fn start_command(&mut self, spec: TaskSpec) -> io::Result<()> {
+        self.give_back_worker_trees();
         let ctx = &self.ctx;
         let workspace = ctx
             .workspaces
@@ -385,26 +443,8 @@ impl TaskSet {
             Some(ws) => {
                 // The task's own process prepares the run's workspace, then becomes the task.
                 let (key, n) = self.trees.take(&spec.repository, &spec.run_id);
-                let mut c = Command::new(&ws.exe);
-                c.arg("prepare-workspace")
-                    .arg("--workspaces")
-                    .arg(&ws.dir)
-                    .args(["--repository", &spec.repository, "--commit", &spec.commit])
-                    .args(["--run", &spec.run_id, "--tree", &n.to_string()])
-                    .args(["--launch-template", &ctx.launch_template]);
-                for f in ws
-                    .launch_templates
-                    .iter()
-                    .cloned()
-                    .chain([coordinator_templates_path(&ws.dir)])
-                {
-                    c.arg("--fallback-templates").arg(f);
-                }
-                for k in &ws.keep {
-                    c.args(["--keep", k]);
-                }
-                c.args(["--", "sh", "-c", &spec.command])
-                    .current_dir(&ws.dir);
+                let mut c = prepare_workspace(ws, &ctx.launch_template, &spec, n);
+                c.args(["sh", "-c", &spec.command]);
                 tree = Some((key, n));
                 c
             }

@@ -59,7 +59,17 @@ struct Pool {
     /// Runs whose workers could not start, and why: their tasks run their commands.
     unavailable: HashSet<String>,
     groups: HashMap<u32, Arc<ProcessGroup>>,
+    /// Workspace trees of workers that ended, for the agent to give back.
+    released: Vec<(String, u32)>,
     script: Option<PathBuf>,
+}
+
+impl Pool {
+    fn end(&mut self, worker: Worker) {
+        self.groups.remove(&worker.pid);
+        worker.group.kill();
+        self.released.extend(worker.tree);
+    }
 }
 
 impl NxWorkers {
@@ -74,19 +84,25 @@ impl NxWorkers {
             group.kill();
         }
         pool.groups.clear();
-        pool.idle.clear();
+        for worker in std::mem::take(&mut pool.idle) {
+            pool.end(worker);
+        }
+    }
+
+    /// The workspace trees that ended workers held.
+    pub(crate) fn released_trees(&self) -> Vec<(String, u32)> {
+        std::mem::take(&mut self.pool().released)
     }
 
     /// An idle worker of the run; idle workers of other runs are ended (their runs are over
     /// or elsewhere).
-    fn take(&self, run: &str) -> Option<Worker> {
+    pub(crate) fn take(&self, run: &str) -> Option<Worker> {
         let mut pool = self.pool();
         let idle = std::mem::take(&mut pool.idle);
         let (mine, others): (Vec<Worker>, Vec<Worker>) =
             idle.into_iter().partition(|w| w.run == run);
         for w in others {
-            pool.groups.remove(&w.pid);
-            w.group.kill();
+            pool.end(w);
         }
         let mut mine = mine.into_iter();
         let taken = mine.next();
@@ -99,8 +115,13 @@ impl NxWorkers {
     }
 
     fn discard(&self, worker: Worker) {
-        self.pool().groups.remove(&worker.pid);
-        worker.group.kill();
+        self.pool().end(worker);
+    }
+
+    fn release(&self, launch: Launch) {
+        if let Launch::Workspace { tree, .. } = launch {
+            self.pool().released.push(tree);
+        }
     }
 
     pub(crate) fn is_unavailable(&self, run: &str) -> bool {
@@ -139,8 +160,10 @@ impl Drop for NxWorkers {
 }
 
 /// One worker process: its pipes, its process group, and the mark that ends each reply.
-struct Worker {
+pub(crate) struct Worker {
     run: String,
+    /// The workspace tree it runs in, on a daemon agent with workspaces.
+    tree: Option<(String, u32)>,
     pid: u32,
     child: Child,
     stdin: ChildStdin,
@@ -164,24 +187,53 @@ pub(crate) enum WorkerOutcome {
     Fallback,
 }
 
+/// Where a new worker starts: in the agent's checkout, or through `drover prepare-workspace`
+/// (up to its `--`) in the run's tree of a daemon agent's workspace.
+pub(crate) enum Launch {
+    Checkout,
+    Workspace {
+        command: Box<Command>,
+        tree: (String, u32),
+    },
+}
+
+/// A task for a worker: the idle worker of its run the agent took, if any, else how to
+/// start one.
+pub(crate) struct WorkerTask {
+    pub(crate) workers: Arc<NxWorkers>,
+    pub(crate) ctx: ExecContext,
+    pub(crate) spec: TaskSpec,
+    pub(crate) events: mpsc::Sender<TaskEvent>,
+    pub(crate) idle: Option<Worker>,
+    pub(crate) launch: Launch,
+}
+
 /// Runs one task in a worker of its run, starting one if none is idle.
-pub(crate) async fn run_task(
-    workers: Arc<NxWorkers>,
-    ctx: ExecContext,
-    spec: TaskSpec,
-    events: mpsc::Sender<TaskEvent>,
-    mut cancel: oneshot::Receiver<()>,
-) -> WorkerOutcome {
+pub(crate) async fn run_task(task: WorkerTask, mut cancel: oneshot::Receiver<()>) -> WorkerOutcome {
+    let WorkerTask {
+        workers,
+        ctx,
+        spec,
+        events,
+        idle,
+        launch,
+    } = task;
     let started = Instant::now();
     let out = Forward {
         events: events.clone(),
         lease_id: spec.lease_id.clone(),
         token: spec.token,
     };
-    let mut worker = match workers.take(&spec.run_id) {
-        Some(w) => w,
-        None if workers.is_unavailable(&spec.run_id) => return WorkerOutcome::Fallback,
-        None => match start(&workers, &ctx, &spec, &out, &mut cancel).await {
+    let mut worker = match idle {
+        Some(w) => {
+            workers.release(launch);
+            w
+        }
+        None if workers.is_unavailable(&spec.run_id) => {
+            workers.release(launch);
+            return WorkerOutcome::Fallback;
+        }
+        None => match start(&workers, &ctx, &spec, launch, &out, &mut cancel).await {
             Ok(Some(w)) => w,
             Ok(None) => return WorkerOutcome::Cancelled,
             Err(reason) => {
@@ -270,12 +322,17 @@ async fn start(
     workers: &NxWorkers,
     ctx: &ExecContext,
     spec: &TaskSpec,
+    launch: Launch,
     out: &Forward,
     cancel: &mut oneshot::Receiver<()>,
 ) -> Result<Option<Worker>, String> {
-    let script = workers
-        .script()
-        .map_err(|e| format!("cannot write the worker's script: {e}"))?;
+    let script = match workers.script() {
+        Ok(script) => script,
+        Err(e) => {
+            workers.release(launch);
+            return Err(format!("cannot write the worker's script: {e}"));
+        }
+    };
     // Random per worker (std's hasher keys are), so that no task prints it by chance.
     let nonce = {
         let mut h = RandomState::new().build_hasher();
@@ -283,8 +340,20 @@ async fn start(
         format!("{:016x}", h.finish())
     };
     let env = task_env(ctx, spec);
-    let mut command = Command::new("node");
-    command.arg(&script).current_dir(&ctx.workdir).envs(&env);
+    let (mut command, tree) = match launch {
+        Launch::Checkout => {
+            let mut c = Command::new("node");
+            c.current_dir(&ctx.workdir);
+            (c, None)
+        }
+        Launch::Workspace { mut command, tree } => {
+            command.arg("node");
+            (*command, Some(tree))
+        }
+    };
+    // A tree held by a worker that never started goes back at once.
+    let give_back = |tree: Option<(String, u32)>| workers.pool().released.extend(tree);
+    command.arg(&script).envs(&env);
     for name in AGENT_SECRETS {
         if !env.contains_key(*name) {
             command.env_remove(name);
@@ -302,16 +371,27 @@ async fn start(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let cgroup = ctx
-        .containment
-        .for_task()
-        .map_err(|e| format!("cannot make the worker's cgroup: {e}"))?;
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot start node in {}: {e}", ctx.workdir.display()))?;
-    let pid = child
-        .id()
-        .ok_or("the worker vanished before it had a pid")?;
+    let cgroup = match ctx.containment.for_task() {
+        Ok(cgroup) => cgroup,
+        Err(e) => {
+            give_back(tree);
+            return Err(format!("cannot make the worker's cgroup: {e}"));
+        }
+    };
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            give_back(tree);
+            return Err(format!(
+                "cannot start node in {}: {e}",
+                ctx.workdir.display()
+            ));
+        }
+    };
+    let Some(pid) = child.id() else {
+        give_back(tree);
+        return Err("the worker vanished before it had a pid".into());
+    };
     if let Some(cgroup) = &cgroup {
         cgroup.adopt(pid);
     }
@@ -321,10 +401,12 @@ async fn start(
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
+        give_back(tree);
         return Err("the worker's pipes are missing".into());
     };
     let mut worker = Worker {
         run: spec.run_id.clone(),
+        tree,
         pid,
         child,
         stdin,

@@ -184,3 +184,111 @@ fn a_daemon_agent_prepares_each_runs_workspace_and_reuses_it() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+/// A stand-in for Nx's task-running API, committed in the repository (the real Nx runs in the
+/// tests of `drover nx`): each task prints where and in which process it ran.
+const STAND_IN_NX: &[(&str, &str)] = &[
+    (
+        "node_modules/nx/package.json",
+        r#"{"name":"nx","version":"0.0.0-stand-in"}"#,
+    ),
+    (
+        "node_modules/nx/src/project-graph/project-graph.js",
+        "exports.createProjectGraphAsync = async () => ({ nodes: {}, dependencies: {} });\n",
+    ),
+    (
+        "node_modules/nx/src/config/nx-json.js",
+        "exports.readNxJson = () => ({});\n",
+    ),
+    (
+        "node_modules/nx/src/utils/command-line-utils.js",
+        "exports.createOverrides = (w) => ({ __overrides_unparsed__: w });\n",
+    ),
+    (
+        "node_modules/nx/src/tasks-runner/create-task-graph.js",
+        "exports.createTaskGraph = (pg, x, [project], [target]) => { const id = `${project}:${target}`;\n  return { roots: [id], tasks: { [id]: { id, target: { project, target } } }, dependencies: { [id]: [] }, continuousDependencies: { [id]: [] } }; };\n",
+    ),
+    (
+        "node_modules/nx/src/tasks-runner/init-tasks-runner.js",
+        "exports.runDiscreteTasks = async ([task]) => {\n  console.log(`nx-ran ${task.id} pid=${process.pid} in=${process.cwd()}`);\n  return [Promise.resolve([{ task, status: 'success', code: 0 }])];\n};\n",
+    ),
+];
+
+#[test]
+fn a_daemon_agent_keeps_nx_warm_in_each_runs_workspace() {
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("skipped: no node on PATH");
+        return;
+    }
+    let dir = drover_tests::Scratch::new("ws-nx");
+    let fleet = Fleet::start("ws-nx");
+    let a = dir.join("repo");
+    let a1 = repo(&a, STAND_IN_NX);
+    let workspaces = fleet.dir.join("workspaces");
+    let ws = workspaces.display().to_string();
+    let workdir = fleet.dir.join("agent-workdir");
+    std::fs::create_dir_all(&workdir).expect("workdir");
+    let mut agent = fleet.drover(&[
+        "agent",
+        "--daemon",
+        "--launch-template",
+        "linux",
+        "--slots",
+        "1",
+        "--name",
+        "daemon-1",
+        "--workdir",
+        workdir.to_str().expect("utf-8"),
+        "--workspaces-dir",
+        &ws,
+    ]);
+    let log = std::fs::File::create(fleet.dir.join("daemon.log")).expect("log");
+    agent.stdout(log.try_clone().expect("dup")).stderr(log);
+    let mut daemon = agent.spawn().expect("spawn the daemon agent");
+    let marked = |id: &str, target: &str| {
+        format!(
+            "  - {{ id: '{id}', command: 'echo as-a-command', env: {{ DROVER_NX_TASK: '{{\"project\":\"app\",\"target\":\"{target}\"}}' }}{} }}\n",
+            if target == "test" {
+                ", dependsOn: [app:build]"
+            } else {
+                ""
+            }
+        )
+    };
+    let graph = format!(
+        "tasks:\n{}{}",
+        marked("app:build", "build"),
+        marked("app:test", "test")
+    );
+    let ran = |out: &str| -> Vec<(String, String)> {
+        out.lines()
+            .filter_map(|l| l.split("nx-ran ").nth(1))
+            .map(|l| {
+                let pid = l.split(" pid=").nth(1).and_then(|r| r.split(' ').next());
+                let at = l.split(" in=").nth(1);
+                (
+                    pid.unwrap_or_default().to_string(),
+                    at.unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    // Both tasks of a run in one worker, in the run's tree; not as their commands.
+    let (ok, out) = run(&fleet, "ws-nx-1", &a, &a1, &graph);
+    let logs = || std::fs::read_to_string(fleet.dir.join("daemon.log")).unwrap_or_default();
+    assert!(ok, "{out}\n{}", logs());
+    let first = ran(&out);
+    assert_eq!(first.len(), 2, "{out}\n{}", logs());
+    assert_eq!(first[0], first[1], "one worker, one tree: {out}");
+    assert!(first[0].1.starts_with(&ws), "{out}");
+    assert!(!out.contains("as-a-command"), "{out}");
+    // The next run: a new worker, in the same tree (the first worker gave it back).
+    let (ok, out) = run(&fleet, "ws-nx-2", &a, &a1, &graph);
+    assert!(ok, "{out}\n{}", logs());
+    let second = ran(&out);
+    assert_eq!(second.len(), 2, "{out}");
+    assert_ne!(second[0].0, first[0].0, "a worker serves one run");
+    assert_eq!(second[0].1, first[0].1, "the tree is reused");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
