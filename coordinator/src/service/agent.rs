@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use drover_proto::v1 as pb;
-use drover_scheduler::state::{Event, Reply};
+use drover_scheduler::state::{AgentId, Event, Reply};
 use pb::agent_service_server::AgentService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -98,38 +98,51 @@ impl AgentService for AgentSvc {
             return Err(Status::internal(format!("Hello answered {reply:?}")));
         };
         // The reader lives as long as the agent's stream and tells the actor when it ends.
-        let actor = self.actor.clone();
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(pb::AgentMessage { msg: Some(msg) })) => {
-                        let event = match convert::agent_event(agent, msg) {
-                            Ok(event) => event,
-                            Err(e) => {
-                                tracing::warn!(agent = %name, error = %e, "agent message ignored");
-                                continue;
-                            }
-                        };
-                        if matches!(event, Event::Draining { .. }) {
-                            tracing::info!(agent = %name, "agent draining");
-                        }
-                        let cmd = Command::FromAgent { agent, conn, event };
-                        if actor.send(cmd).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::info!(agent = %name, %status, "agent stream broke");
-                        break;
-                    }
-                }
-            }
-            let _ = actor.send(Command::Gone { agent, conn }).await;
-        });
+        tokio::spawn(read_agent(inbound, self.actor.clone(), agent, conn, name));
         Ok(Response::new(Box::pin(
             ReceiverStream::new(rx).map(|m| Ok(*m)),
         )))
     }
+}
+
+/// An agent's stream, message by message, into the actor; then `Gone`. One such task waits
+/// on every idle agent, so its future is kept small: between messages it holds the stream,
+/// the handle and the agent's name, not a command ([`Handle::send_lean`]).
+async fn read_agent(
+    mut inbound: Streaming<pb::AgentMessage>,
+    actor: Handle,
+    agent: AgentId,
+    conn: u64,
+    name: String,
+) {
+    loop {
+        // The message is taken apart before the await on the actor, so that no message (nor
+        // the result it came in) is kept in this future's state.
+        let cmd = match inbound.message().await {
+            Ok(Some(pb::AgentMessage { msg: Some(msg) })) => {
+                match convert::agent_event(agent, msg) {
+                    Ok(event) => {
+                        if matches!(event, Event::Draining { .. }) {
+                            tracing::info!(agent = %name, "agent draining");
+                        }
+                        Command::FromAgent { agent, conn, event }
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %name, error = %e, "agent message ignored");
+                        continue;
+                    }
+                }
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(status) => {
+                tracing::info!(agent = %name, %status, "agent stream broke");
+                break;
+            }
+        };
+        if actor.send_lean(cmd).await.is_err() {
+            break;
+        }
+    }
+    let _ = actor.send_lean(Command::Gone { agent, conn }).await;
 }
