@@ -92,7 +92,12 @@ impl CgroupRoot {
         }
         let own = own_cgroup()?;
         remove_stale(&own);
-        let dir = own.join(format!("drover-agent-{}", std::process::id()));
+        // One per agent process; a second one in the same process (tests) gets a suffix.
+        static ROOTS: AtomicU64 = AtomicU64::new(0);
+        let dir = match ROOTS.fetch_add(1, Ordering::Relaxed) {
+            0 => own.join(format!("drover-agent-{}", std::process::id())),
+            n => own.join(format!("drover-agent-{}-{n}", std::process::id())),
+        };
         std::fs::create_dir(&dir)
             .map_err(|e| format!("cannot make a cgroup in {}: {e}", own.display()))?;
         let root = Arc::new(CgroupRoot {
@@ -193,6 +198,7 @@ fn remove_stale(parent: &Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("drover-agent-"))
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;

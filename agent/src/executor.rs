@@ -1059,12 +1059,15 @@ mod tests {
         }
         for cancel in [false, true] {
             let mut tasks = TaskSet::new(ctx(std::env::temp_dir()));
+            // The agent moves a task into its cgroup just after the spawn: the task waits
+            // until it is there (what it starts in its first microseconds could escape).
+            let moved = "until grep -q task- /proc/self/cgroup; do :; done; ";
             let command = if cancel {
-                "setsid sleep 60 < /dev/null > /dev/null 2>&1 & echo $!; sleep 60"
+                format!("{moved}setsid sleep 60 < /dev/null > /dev/null 2>&1 & echo $!; sleep 60")
             } else {
-                "setsid sleep 60 < /dev/null > /dev/null 2>&1 & echo $!"
+                format!("{moved}setsid sleep 60 < /dev/null > /dev/null 2>&1 & echo $!")
             };
-            tasks.start(spec(command)).expect("spawn");
+            tasks.start(spec(&command)).expect("spawn");
             let escaped = first_pid(&mut tasks).await;
             if cancel {
                 assert!(tasks.cancel("lease-1"));
