@@ -279,10 +279,26 @@ impl TaskCgroup {
     }
 }
 
+impl TaskCgroup {
+    /// Puts an empty cgroup back for the next task at once; one that still holds processes
+    /// is given back, to drop (kill and remove) off the async threads.
+    pub(crate) fn put_back(mut self) -> Option<TaskCgroup> {
+        if self.populated() {
+            return Some(self);
+        }
+        let mut free = self.root.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.push(std::mem::take(&mut self.dir));
+        None
+    }
+}
+
 impl Drop for TaskCgroup {
     /// An empty cgroup (its task's processes were killed with it) is kept for the next task;
     /// one that still holds processes is killed and removed once the kernel has emptied it.
     fn drop(&mut self) {
+        if self.dir.as_os_str().is_empty() {
+            return;
+        }
         if self.populated() {
             remove_cgroup(&self.dir);
             return;

@@ -188,10 +188,10 @@ impl ProcessGroup {
         }
     }
 
-    /// Kills the cgroup and removes it, off the async threads (the kernel empties it in
-    /// moments, but not at once).
+    /// Puts the (empty) cgroup back for the next task; one the kernel has not emptied yet
+    /// (it does in moments, not at once) is killed and removed off the async threads.
     fn release(&self) {
-        if let Some(cgroup) = self.cgroup().take() {
+        if let Some(cgroup) = self.cgroup().take().and_then(TaskCgroup::put_back) {
             task::spawn_blocking(move || drop(cgroup));
         }
     }

@@ -94,10 +94,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Coordinator(_) | Command::Agent(_));
     init_tracing(if quiet { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // An agent (and a client) waits on I/O and child processes: one thread does that with
+    // no wake-ups across threads; the coordinator and the load generator use every core.
+    let mut builder = match &cli.command {
+        Command::Coordinator(_) | Command::Loadtest(_) | Command::Demo(_) => {
+            tokio::runtime::Builder::new_multi_thread()
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drover: cannot start the async runtime: {e}");
