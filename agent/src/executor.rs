@@ -265,6 +265,30 @@ fn resolves(program: &str, workdir: &std::path::Path, task_path: Option<&String>
     path.is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
+/// What the agent tells every task about itself and the lease.
+pub(crate) fn agent_vars(ctx: &ExecContext, spec: &TaskSpec) -> [(&'static str, String); 5] {
+    [
+        ("DROVER_AGENT_NAME", ctx.agent_name.clone()),
+        ("DROVER_LAUNCH_TEMPLATE", ctx.launch_template.clone()),
+        ("DROVER_TASK_ID", spec.task_id.clone()),
+        ("DROVER_RUN_ID", spec.run_id.clone()),
+        ("DROVER_ATTEMPT", spec.attempt.to_string()),
+    ]
+}
+
+/// A task's variables on its process: the lease's, then [`agent_vars`]. The agent's own
+/// credentials stay with the agent: a task gets the one minted for its lease (in the lease's
+/// variables), never a long-lived token.
+pub(crate) fn set_task_env(command: &mut Command, ctx: &ExecContext, spec: &TaskSpec) {
+    command.envs(&spec.env);
+    for name in AGENT_SECRETS {
+        if !spec.env.contains_key(*name) {
+            command.env_remove(name);
+        }
+    }
+    command.envs(agent_vars(ctx, spec));
+}
+
 /// `drover prepare-workspace` for the task's run in tree `n`, up to the `--` after which the
 /// command it becomes goes.
 pub(crate) fn prepare_workspace(
@@ -449,20 +473,8 @@ impl TaskSet {
                 c
             }
         };
-        command.envs(&spec.env);
-        // The agent's own credentials stay with the agent: a task gets the one minted for its
-        // lease (in the lease's variables), never a long-lived token.
-        for name in AGENT_SECRETS {
-            if !spec.env.contains_key(*name) {
-                command.env_remove(name);
-            }
-        }
+        set_task_env(&mut command, ctx, &spec);
         command
-            .env("DROVER_AGENT_NAME", &ctx.agent_name)
-            .env("DROVER_LAUNCH_TEMPLATE", &ctx.launch_template)
-            .env("DROVER_TASK_ID", &spec.task_id)
-            .env("DROVER_RUN_ID", &spec.run_id)
-            .env("DROVER_ATTEMPT", spec.attempt.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -107,12 +107,6 @@ function dependencyLevels(taskGraph, id) {
   return levels.filter(Boolean);
 }
 
-const DEBUG = process.env.DROVER_NX_WORKER_DEBUG === '1';
-function debug(results) {
-  if (!DEBUG) return;
-  for (const r of results) process.stderr.write(`drover: [worker ${process.pid}] ${r.task.id} hash ${r.task.hash}: ${r.status}\n`);
-}
-
 const FROM_CACHE = new Set(['local-cache', 'local-cache-kept-existing', 'remote-cache']);
 
 async function runTask(nx, pristineGraph, req) {
@@ -168,7 +162,6 @@ async function runTask(nx, pristineGraph, req) {
         lifeCycle,
       );
       const results = (await Promise.all(handles)).flat();
-      debug(results);
       const ranHere = results.filter((r) => !FROM_CACHE.has(r.status));
       for (const r of ranHere) {
         say(`drover: ${r.task.id} was not in the remote cache, so it ran here (${r.status})`);
@@ -182,7 +175,6 @@ async function runTask(nx, pristineGraph, req) {
   }
   const handles = await nx.runDiscreteTasks([taskGraph.tasks[id]], projectGraph, taskGraph, nxJson, lifeCycle);
   const [result] = (await Promise.all(handles)).flat();
-  if (result) debug([result]);
   const timings = process.env.DROVER_NX_WORKER_TIMINGS;
   if (timings && times.start && times.end) {
     fs.appendFileSync(timings, `${process.env.DROVER_TASK_ID || id} ${times.start} ${times.end}\n`);

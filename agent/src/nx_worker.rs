@@ -32,7 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use drover_scheduler::duration::format_duration;
 
 use crate::executor::{
-    AGENT_SECRETS, ExecContext, OUTPUT_CHUNK, ProcessGroup, TaskEvent, TaskResult, TaskSpec,
+    ExecContext, OUTPUT_CHUNK, ProcessGroup, TaskEvent, TaskResult, TaskSpec, agent_vars,
+    set_task_env,
 };
 
 /// The variable `drover nx` sets on the tasks a worker can run: what to run, as JSON.
@@ -353,12 +354,9 @@ async fn start(
     };
     // A tree held by a worker that never started goes back at once.
     let give_back = |tree: Option<(String, u32)>| workers.pool().released.extend(tree);
-    command.arg(&script).envs(&env);
-    for name in AGENT_SECRETS {
-        if !env.contains_key(*name) {
-            command.env_remove(name);
-        }
-    }
+    command.arg(&script);
+    set_task_env(&mut command, ctx, spec);
+    command.env_remove(TASK_VAR);
     let task_vars: Vec<&String> = env.keys().collect();
     command
         .env("DROVER_NX_WORKER_NONCE", &nonce)
@@ -466,11 +464,7 @@ async fn stop(workers: &NxWorkers, mut worker: Worker, grace: Duration) {
 fn task_env(ctx: &ExecContext, spec: &TaskSpec) -> HashMap<String, String> {
     let mut env = spec.env.clone();
     env.remove(TASK_VAR);
-    env.insert("DROVER_AGENT_NAME".into(), ctx.agent_name.clone());
-    env.insert("DROVER_LAUNCH_TEMPLATE".into(), ctx.launch_template.clone());
-    env.insert("DROVER_TASK_ID".into(), spec.task_id.clone());
-    env.insert("DROVER_RUN_ID".into(), spec.run_id.clone());
-    env.insert("DROVER_ATTEMPT".into(), spec.attempt.to_string());
+    env.extend(agent_vars(ctx, spec).map(|(k, v)| (k.to_string(), v)));
     env
 }
 
