@@ -155,8 +155,8 @@ pub struct Prepared {
 }
 
 fn say(line: &str) {
-    let mut err = std::io::stderr();
-    let _ = writeln!(err, "drover: {line}");
+    // One write: the line reaches the task's log in one piece.
+    let _ = std::io::stderr().write_all(format!("drover: {line}\n").as_bytes());
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<(), String> {

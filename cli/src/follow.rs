@@ -159,6 +159,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
     let mut backoff = Duration::from_millis(200);
     let mut out = std::io::stdout();
     let ci = CiLog::from_env();
+    let mut lines = Lines::default();
     loop {
         let request = pb::WatchRunRequest {
             run_id: f.run_id.clone(),
@@ -186,10 +187,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
             if event.seq == 0 {
                 // Live output (unnumbered), when asked for with --stream-output.
                 if let Some(Event::TaskOutput(o)) = &event.event {
-                    let text = String::from_utf8_lossy(&o.data);
-                    for line in text.lines() {
-                        let _ = writeln!(out, "{} | {line}", o.task_id);
-                    }
+                    lines.add(&mut out, &o.task_id, &o.data);
                     let _ = out.flush();
                 }
                 continue;
@@ -205,6 +203,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                 }
                 Event::TaskOutput(_) => {} // (only ever live, above)
                 Event::TaskFinished(t) => {
+                    lines.end(&mut out, &t.task_id);
                     let status =
                         pb::TaskStatus::try_from(t.status).unwrap_or(pb::TaskStatus::Unspecified);
                     if t.retrying {
@@ -264,6 +263,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                     }
                 }
                 Event::TaskRequeued(r) => {
+                    lines.end(&mut out, &r.task_id);
                     counts.set(&r.task_id, pb::TaskStatus::Queued);
                     let _ = writeln!(
                         out,
@@ -277,6 +277,7 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
                     let _ = writeln!(out, "waiting: {} ({})", some_of(&w.task_ids), w.reason);
                 }
                 Event::SubmissionDone(done) => {
+                    lines.end_all(&mut out);
                     print_summary(&mut out, &done, started.elapsed());
                     return Ok(Outcome {
                         success: done.success,
@@ -299,6 +300,54 @@ pub async fn follow(channel: Conn, f: Follow) -> Result<Outcome, CliError> {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Streamed output as whole lines, each prefixed with its task: a line that arrives in pieces
+/// waits for its end (or its task's end) to be printed once.
+#[derive(Default)]
+struct Lines {
+    partial: HashMap<String, Vec<u8>>,
+}
+
+/// A line longer than this is printed in pieces.
+const LONGEST_LINE: usize = 64 * 1024;
+
+impl Lines {
+    fn add(&mut self, out: &mut impl Write, task: &str, data: &[u8]) {
+        let buf = self.partial.entry(task.to_string()).or_default();
+        buf.extend_from_slice(data);
+        let whole = match buf.iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None if buf.len() > LONGEST_LINE => buf.len(),
+            None => return,
+        };
+        let rest = buf.split_off(whole);
+        let done = std::mem::replace(buf, rest);
+        print_lines(out, task, &done);
+        if buf.is_empty() {
+            self.partial.remove(task);
+        }
+    }
+
+    fn end(&mut self, out: &mut impl Write, task: &str) {
+        if let Some(rest) = self.partial.remove(task) {
+            print_lines(out, task, &rest);
+        }
+    }
+
+    fn end_all(&mut self, out: &mut impl Write) {
+        let mut tasks: Vec<String> = self.partial.keys().cloned().collect();
+        tasks.sort();
+        for t in tasks {
+            self.end(out, &t);
+        }
+    }
+}
+
+fn print_lines(out: &mut impl Write, task: &str, data: &[u8]) {
+    for line in String::from_utf8_lossy(data).lines() {
+        let _ = writeln!(out, "{task} | {line}");
     }
 }
 
@@ -447,6 +496,27 @@ mod printable_tests {
         assert_eq!(
             super::some_of(&ids),
             "t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, and 990 more"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_output_is_printed_in_whole_lines_whatever_its_pieces() {
+        let mut out = Vec::new();
+        let mut lines = Lines::default();
+        lines.add(&mut out, "a", b"drover: ");
+        lines.add(&mut out, "b", b"one\ntw");
+        lines.add(&mut out, "a", b"fetching\n\nnext");
+        lines.add(&mut out, "b", b"o\n");
+        lines.end(&mut out, "b");
+        lines.end_all(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "b | one\na | drover: fetching\na | \nb | two\na | next\n"
         );
     }
 }

@@ -38,8 +38,8 @@ use crate::store::DurationStore;
 
 pub use conns::AgentTx;
 use conns::Conns;
-use handle::ReplyTx;
-pub use handle::{Command, Handle, View};
+pub use handle::{Command, Handle, View, Watch};
+use handle::{EarlierOutput, ReplyTx};
 pub use retention::Retention;
 pub use retention::unix_ms;
 
@@ -293,8 +293,36 @@ impl Actor {
                 let result = self.sched.resolve(&run).map_err(CoordError::from);
                 let result = result.map(|id| {
                     let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
-                    self.logs.entry(id).or_default().watch(filter, from_seq, tx);
-                    rx
+                    let log = self.logs.entry(id.clone()).or_default();
+                    // A watcher streaming output from the start gets what was printed before
+                    // it came; the reads are asked now, so that they and the live output
+                    // after them neither overlap nor leave a gap.
+                    let earlier = if filter.all_output && from_seq <= 1 {
+                        log.started(filter)
+                            .into_iter()
+                            .map(|(task, attempt, finished)| EarlierOutput {
+                                first: (!finished).then(|| {
+                                    self.task_logs.read_now(
+                                        &id,
+                                        &task,
+                                        Some(attempt),
+                                        0,
+                                        crate::logstore::MAX_READ,
+                                    )
+                                }),
+                                task,
+                                attempt,
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    log.watch(filter, from_seq, tx);
+                    handle::Watch {
+                        run: id,
+                        rx,
+                        earlier,
+                    }
                 });
                 let _ = reply.send(result);
             }

@@ -112,6 +112,21 @@ impl Logs {
         from: u64,
         max: usize,
     ) -> Chunk {
+        self.read_now(run, task, attempt, from, max)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// [`read_attempt`](Self::read_attempt) asked now: the chunk sees every append asked
+    /// before this call and none after, whenever its receiver is awaited.
+    pub fn read_now(
+        &self,
+        run: &str,
+        task: &str,
+        attempt: Option<u32>,
+        from: u64,
+        max: usize,
+    ) -> oneshot::Receiver<Chunk> {
         let (reply, rx) = oneshot::channel();
         let op = Op::Read {
             run: run.into(),
@@ -121,10 +136,9 @@ impl Logs {
             max: max.min(MAX_READ),
             reply,
         };
-        if self.tx.send(op).is_err() {
-            return Chunk::default();
-        }
-        rx.await.unwrap_or_default()
+        // A closed log thread drops the reply: the receiver then reads as empty.
+        let _ = self.tx.send(op);
+        rx
     }
 
     /// The task's whole log (up to the cap per attempt), for pages and tests.

@@ -152,6 +152,33 @@ impl RunLog {
         });
     }
 
+    /// The attempts started so far that `filter` wants, in the order they started, each with
+    /// whether it has finished (recorded events, published or not).
+    pub fn started(&self, filter: Filter) -> Vec<(String, u32, bool)> {
+        let mut out: Vec<(String, u32, bool)> = Vec::new();
+        for e in self.entries.iter().filter(|e| filter.wants(e)) {
+            match &e.event.event {
+                Some(Event::TaskStarted(s)) => out.push((s.task_id.clone(), s.attempt, false)),
+                Some(Event::TaskFinished(f)) => {
+                    if let Some(a) = out
+                        .iter_mut()
+                        .rev()
+                        .find(|a| a.0 == f.task_id && a.1 == f.attempt)
+                    {
+                        a.2 = true;
+                    }
+                }
+                Some(Event::TaskRequeued(r)) => {
+                    if let Some(a) = out.iter_mut().rev().find(|a| a.0 == r.task_id) {
+                        a.2 = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Adds a watcher: everything recorded from `from_seq` on is queued now, the rest as it
     /// comes. Returns `false` when the watcher got everything it will ever get.
     pub fn watch(

@@ -518,3 +518,95 @@ fn a_graph_larger_than_one_message_goes_in_pieces_and_the_task_limit_is_named() 
         assert_eq!(run.tasks.len(), 12_000);
     });
 }
+
+/// A main job's output stream can start after its tasks do (`drover exec --stream-output`
+/// watches once its graph is in): what a task printed before the watcher came reaches it
+/// first, then the rest live, each byte once, a line cut between the two made whole.
+#[test]
+fn a_watcher_streaming_output_gets_what_tasks_printed_before_it_came_once() {
+    use drover_proto::v1::{
+        WatchRunRequest, run_event::Event, run_service_client::RunServiceClient,
+    };
+    use std::collections::BTreeMap;
+
+    let mut fleet = Fleet::start("late-watch");
+    fleet.agent("a1", "linux", 2, Some("late-1"));
+    let gate = fleet.dir.join("gate");
+    let printed = fleet.dir.join("printed");
+    let graph = format!(
+        "tasks:\n  - {{ id: 'before:build', command: 'echo done before' }}\n  - {{ id: 'slow:build', command: 'printf \"early\\nhalf-\"; touch {p}; while [ ! -e {g} ]; do sleep 0.02; done; printf \"way\\nlate\\n\"' }}\n",
+        p = printed.display(),
+        g = gate.display(),
+    );
+    fleet.dir.write("tasks.yaml", &graph);
+    let out = fleet
+        .drover(&["start-ci-run"])
+        .env("DROVER_CI_EXECUTION_ID", "late-1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut main = fleet
+        .drover(&["exec", "--graph", "tasks.yaml"])
+        .env("DROVER_CI_EXECUTION_ID", "late-1")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drover_tests::eventually(
+        Duration::from_secs(20),
+        "the slow task's first output",
+        || printed.exists().then_some(()),
+    );
+    let conn = fleet.connect(fleet.main_token());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let output = rt.block_on(async {
+        let mut client = RunServiceClient::new(conn.await);
+        let mut stream = client
+            .watch_run(WatchRunRequest {
+                ci_execution_id: "late-1".into(),
+                from_seq: 1,
+                all_output: true,
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut output: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut gated = false;
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(20), stream.message())
+                .await
+                .expect("an event within 20 s")
+                .expect("the stream")
+                .expect("open until the submission ends");
+            match event.event {
+                Some(Event::TaskOutput(o)) => {
+                    output.entry(o.task_id).or_default().extend(o.data);
+                }
+                Some(Event::SubmissionDone(_)) => return output,
+                _ => {}
+            }
+            if !gated
+                && output
+                    .get("slow:build")
+                    .is_some_and(|o| o.ends_with(b"half-"))
+            {
+                std::fs::write(&gate, "").unwrap();
+                gated = true;
+            }
+        }
+    });
+    assert!(main.wait().unwrap().success());
+    let texts: BTreeMap<&str, String> = output.iter().map(|(t, o)| (t.as_str(), text(o))).collect();
+    assert_eq!(
+        texts,
+        BTreeMap::from([
+            ("before:build", "done before\n".to_string()),
+            ("slow:build", "early\nhalf-way\nlate\n".to_string()),
+        ]),
+        "{}",
+        fleet.logs()
+    );
+}

@@ -17,6 +17,24 @@ use crate::error::CoordError;
 use crate::runlog::{Filter, RunLog};
 
 pub type WatchRx = mpsc::Receiver<Result<pb::RunEvent, Status>>;
+
+/// A new watcher: its queue, and, when it streams output from the start, the output its
+/// tasks printed before it came, to be sent ahead of the queue.
+pub struct Watch {
+    pub run: String,
+    pub rx: WatchRx,
+    pub earlier: Vec<EarlierOutput>,
+}
+
+/// Output of one attempt printed before a watcher came.
+pub struct EarlierOutput {
+    pub task: String,
+    pub attempt: u32,
+    /// A running attempt: its log's first chunk, read when the watcher came (its later output
+    /// reaches the watcher live, so the replay stops at that chunk's `size`). A finished
+    /// attempt: `None`, its whole log.
+    pub first: Option<oneshot::Receiver<crate::logstore::Chunk>>,
+}
 pub type ReplyTx = oneshot::Sender<Result<Reply, CoordError>>;
 
 /// What services ask of the actor.
@@ -71,7 +89,7 @@ pub enum Command {
         run: RunRef,
         filter: Filter,
         from_seq: u64,
-        reply: oneshot::Sender<Result<WatchRx, CoordError>>,
+        reply: oneshot::Sender<Result<Watch, CoordError>>,
     },
     /// A read of the scheduler's state (views for operators, gauges for metrics), with the
     /// scheduler's clock.

@@ -263,7 +263,7 @@ impl RunService for RunSvc {
             all_output: req.all_output,
         };
         let from_seq = req.from_seq.max(1);
-        let rx = self
+        let watch = self
             .actor
             .ask(|reply| Command::Watch {
                 run,
@@ -272,6 +272,11 @@ impl RunService for RunSvc {
                 reply,
             })
             .await?;
+        if watch.earlier.is_empty() {
+            return Ok(Response::new(Box::pin(ReceiverStream::new(watch.rx))));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(replay_then_forward(self.actor.logs().clone(), watch, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -287,5 +292,67 @@ impl RunService for RunSvc {
             .ask(|reply| Command::Complete { run, reply })
             .await?;
         Ok(Response::new(pb::CompleteRunResponse {}))
+    }
+}
+
+/// Sends a new watcher the output its tasks printed before it came, then its queue. Ends
+/// when the watcher goes.
+async fn replay_then_forward(
+    logs: crate::logstore::Logs,
+    watch: crate::actor::Watch,
+    tx: tokio::sync::mpsc::Sender<Result<pb::RunEvent, Status>>,
+) {
+    let crate::actor::Watch {
+        run,
+        mut rx,
+        earlier,
+    } = watch;
+    let max = crate::logstore::MAX_READ;
+    for e in earlier {
+        let (mut chunk, end) = match e.first {
+            Some(first) => {
+                let chunk = first.await.unwrap_or_default();
+                let end = chunk.size;
+                (chunk, end)
+            }
+            None => (
+                logs.read_attempt(&run, &e.task, Some(e.attempt), 0, max)
+                    .await,
+                u64::MAX,
+            ),
+        };
+        loop {
+            let mut data = std::mem::take(&mut chunk.data);
+            if chunk.next > end {
+                // Past what was printed when the watcher came: that part arrives live.
+                let over = usize::try_from(chunk.next - end).unwrap_or(usize::MAX);
+                data.truncate(data.len().saturating_sub(over));
+            }
+            if !data.is_empty() {
+                let event = pb::RunEvent {
+                    event: Some(pb::run_event::Event::TaskOutput(pb::TaskOutputEvent {
+                        task_id: e.task.clone(),
+                        stream: pb::OutputStream::Unspecified as i32,
+                        data,
+                        attempt: e.attempt,
+                    })),
+                    ..Default::default()
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            if chunk.next >= end.min(chunk.size) || chunk.next == 0 {
+                break;
+            }
+            chunk = logs
+                .read_attempt(&run, &e.task, Some(e.attempt), chunk.next, max)
+                .await;
+        }
+    }
+    while let Some(event) = rx.recv().await {
+        if tx.send(event).await.is_err() {
+            return;
+        }
     }
 }
