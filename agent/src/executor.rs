@@ -251,18 +251,31 @@ pub(crate) fn direct_argv(command: &str) -> Option<Vec<String>> {
     Some(argv)
 }
 
-/// Whether a program name resolves: a path (from the task's directory) that exists, or a
-/// name found on the task's PATH. (A name that does not resolve runs under the shell, which
-/// says "not found" as usual.)
-fn resolves(program: &str, workdir: &std::path::Path, task_path: Option<&String>) -> bool {
+/// Where a program name resolves, as the task's `execvp` would find it: a path (from the
+/// task's directory) to an executable file, or the first executable file of that name on the
+/// task's PATH (relative entries from the task's directory). `None` when it does not resolve:
+/// the command then runs under the shell, which says "not found" as usual. The task starts
+/// from the path found, so its process looks nowhere else.
+fn resolve(
+    program: &str,
+    workdir: &std::path::Path,
+    task_path: Option<&String>,
+) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     if program.contains('/') {
-        return workdir.join(program).is_file();
+        let p = workdir.join(program);
+        return executable(&p).then_some(p);
     }
     let path = match task_path {
-        Some(p) => Some(std::ffi::OsString::from(p)),
-        None => std::env::var_os("PATH"),
+        Some(p) => std::ffi::OsString::from(p),
+        None => std::env::var_os("PATH")?,
     };
-    path.is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    std::env::split_paths(&path)
+        .map(|dir| workdir.join(dir).join(program))
+        .find(|p| executable(p))
 }
 
 /// What the agent tells every task about itself and the lease.
@@ -448,14 +461,18 @@ impl TaskSet {
         let mut tree = None;
         let mut command = match workspace {
             None => {
-                let mut c = match direct_argv(&spec.command) {
+                let direct = direct_argv(&spec.command).and_then(|argv| {
+                    let program = resolve(&argv[0], &ctx.workdir, spec.env.get("PATH"))?;
+                    Some((program, argv))
+                });
+                let mut c = match direct {
                     // Like make: a plain command runs without a shell in between.
-                    Some(argv) if resolves(&argv[0], &ctx.workdir, spec.env.get("PATH")) => {
-                        let mut c = Command::new(&argv[0]);
-                        c.args(&argv[1..]);
+                    Some((program, argv)) => {
+                        let mut c = Command::new(program);
+                        c.arg0(&argv[0]).args(&argv[1..]);
                         c
                     }
-                    _ => {
+                    None => {
                         let mut c = Command::new("sh");
                         c.arg("-c").arg(&spec.command);
                         c
@@ -824,11 +841,30 @@ mod direct_tests {
         ] {
             assert_eq!(direct_argv(shell), None, "{shell:?} needs a shell");
         }
-        let dir = std::env::temp_dir();
-        assert!(resolves("sh", &dir, None));
-        assert!(!resolves("no-such-program-drover", &dir, None));
-        assert!(!resolves("sh", &dir, Some(&"/nonexistent".to_string())));
-        assert!(!resolves("./no-such-script", &dir, None));
+        let dir = std::env::temp_dir().join(format!("drover-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let sh = resolve("sh", &dir, None).expect("sh is on PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(resolve("no-such-program-drover", &dir, None), None);
+        assert_eq!(resolve("sh", &dir, Some(&"/nonexistent".to_string())), None);
+        assert_eq!(resolve("./no-such-script", &dir, None), None);
+        // A file that is not executable is passed over, as execvp does; a relative PATH
+        // entry is from the task's directory.
+        std::fs::write(dir.join("bin/tool"), "#!/bin/sh\n").unwrap();
+        let on = Some("bin".to_string());
+        assert_eq!(resolve("tool", &dir, on.as_ref()), None);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("bin/tool"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        assert_eq!(
+            resolve("tool", &dir, on.as_ref()),
+            Some(dir.join("bin/tool"))
+        );
+        assert_eq!(
+            resolve("./bin/tool", &dir, None),
+            Some(dir.join("./bin/tool"))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
