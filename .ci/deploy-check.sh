@@ -378,7 +378,20 @@ missing=$(grep -E '^COPY [^-]' deploy/Dockerfile | while read -r -a words; do
   for src in "${words[@]:1:${#words[@]}-2}"; do [ -e "$src" ] || printf '%s ' "$src"; done
 done)
 [ -z "$missing" ] || fail "deploy/Dockerfile copies what the repository lacks: $missing"
-ok "every COPY source exists (not built: no Docker engine in CI)"
+# ...and every crate the build needs is copied: the workspace's members and patched crates.
+copied=" $(grep -E '^COPY [^-]' deploy/Dockerfile | awk '{print $2}' | tr '\n' ' ') "
+needed=$(python3 - <<'PY'
+import re
+text = open("Cargo.toml").read()
+members = re.search(r'members\s*=\s*\[([^\]]*)\]', text).group(1)
+paths = re.findall(r'"([^"]+)"', members) + re.findall(r'path\s*=\s*"([^"]+)"', text)
+print(" ".join(sorted({p.split("/")[0] for p in paths})))
+PY
+)
+uncopied=""
+for dir in $needed; do [[ "$copied" == *" $dir "* ]] || uncopied="$uncopied $dir"; done
+[ -z "$uncopied" ] || fail "deploy/Dockerfile does not copy what Cargo.toml builds from:$uncopied"
+ok "every COPY source exists and every crate Cargo.toml builds from is copied (not built: no Docker engine in CI)"
 
 # --- systemd units -------------------------------------------------------------------------
 step "systemd units"
