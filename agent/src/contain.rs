@@ -15,7 +15,9 @@
 //! Controllers are not enabled on the cgroups made here: they are for keeping and killing,
 //! not for limits, so the agent's own cgroup may keep its processes.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,7 +84,28 @@ pub(crate) struct CgroupRoot {
     next: AtomicU64,
     /// Task cgroups that ended empty, kept for the next tasks: making and removing a cgroup
     /// costs the kernel more than moving a process into one.
-    free: Mutex<Vec<PathBuf>>,
+    free: Mutex<Vec<Slot>>,
+}
+
+/// A task cgroup's directory and the two files the agent uses on every task, kept open with
+/// it: a move and a look cost one system call each, not an open, a path walk and a close.
+#[derive(Debug)]
+struct Slot {
+    dir: PathBuf,
+    /// `cgroup.procs`, written to move a process in.
+    procs: File,
+    /// `cgroup.events`, read to see whether a process is left.
+    events: File,
+}
+
+impl Slot {
+    fn open(dir: PathBuf) -> io::Result<Slot> {
+        Ok(Slot {
+            procs: File::options().write(true).open(dir.join("cgroup.procs"))?,
+            events: File::open(dir.join("cgroup.events"))?,
+            dir,
+        })
+    }
 }
 
 impl CgroupRoot {
@@ -117,27 +140,29 @@ impl CgroupRoot {
             .arg("10")
             .spawn()
             .map_err(|e| format!("cannot start a probe process: {e}"))?;
-        let moved = std::fs::write(probe.dir.join("cgroup.procs"), child.id().to_string());
+        let moved = probe.move_in(child.id());
         let _ = child.kill();
         let _ = child.wait();
-        moved.map_err(|e| format!("cannot move a process into {}: {e}", probe.dir.display()))?;
+        moved.map_err(|e| format!("cannot move a process into {}: {e}", probe.dir().display()))?;
         drop(probe);
         Ok(root)
     }
 
     fn task(root: &Arc<CgroupRoot>) -> io::Result<TaskCgroup> {
         let reused = root.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let dir = match reused {
-            Some(dir) => dir,
+        let slot = match reused {
+            Some(slot) => slot,
             None => {
                 let n = root.next.fetch_add(1, Ordering::Relaxed);
                 let dir = root.dir.join(format!("task-{n}"));
                 std::fs::create_dir(&dir)?;
-                dir
+                Slot::open(dir.clone()).inspect_err(|_| {
+                    let _ = std::fs::remove_dir(&dir);
+                })?
             }
         };
         Ok(TaskCgroup {
-            dir,
+            slot: Some(slot),
             root: Arc::clone(root),
         })
     }
@@ -237,16 +262,30 @@ fn own_cgroup() -> Result<PathBuf, String> {
 /// One task's cgroup. Its processes are killed and it is removed when dropped.
 #[derive(Debug)]
 pub(crate) struct TaskCgroup {
-    dir: PathBuf,
+    /// `None` once put back for the next task.
+    slot: Option<Slot>,
     root: Arc<CgroupRoot>,
 }
 
 impl TaskCgroup {
+    /// The directory (empty once put back: the value is then on its way out).
+    fn dir(&self) -> &Path {
+        self.slot.as_ref().map_or(Path::new(""), |s| &s.dir)
+    }
+
+    fn move_in(&self, pid: u32) -> io::Result<()> {
+        let Some(slot) = &self.slot else {
+            return Err(io::Error::other("the cgroup was put back"));
+        };
+        // One write per process: the kernel takes one pid per write.
+        (&slot.procs).write(pid.to_string().as_bytes()).map(drop)
+    }
+
     /// Moves the task's first process (just spawned) into the cgroup. Should that fail, the
     /// task still runs, in its process group, and the agent's log says so.
     pub(crate) fn adopt(&self, pid: u32) {
-        if let Err(error) = std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()) {
-            tracing::warn!(cgroup = %self.dir.display(), pid, %error, "could not move a task into its cgroup; it runs in its process group only");
+        if let Err(error) = self.move_in(pid) {
+            tracing::warn!(cgroup = %self.dir().display(), pid, %error, "could not move a task into its cgroup; it runs in its process group only");
         }
     }
 
@@ -257,13 +296,21 @@ impl TaskCgroup {
         }
     }
 
-    /// Kills every process in the cgroup, those started meanwhile included.
+    /// Kills every process in the cgroup, those started meanwhile included. (An empty one
+    /// has nothing to kill, and nothing can enter it but by being moved in.)
     pub(crate) fn kill(&self) {
-        kill_cgroup(&self.dir);
+        if let Some(slot) = &self.slot
+            && self.populated()
+        {
+            kill_cgroup(&slot.dir);
+        }
     }
 
     fn pids(&self) -> Vec<Pid> {
-        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+        let Some(slot) = &self.slot else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(slot.dir.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.trim().parse().ok())
@@ -271,24 +318,34 @@ impl TaskCgroup {
             .collect()
     }
 
-    /// Whether a process is still in the cgroup.
+    /// Whether a process is still in the cgroup (when it cannot be read: yes).
     fn populated(&self) -> bool {
-        std::fs::read_to_string(self.dir.join("cgroup.events"))
-            .map(|e| e.lines().any(|l| l == "populated 1"))
-            .unwrap_or(true)
+        let Some(slot) = &self.slot else {
+            return false;
+        };
+        let mut buf = [0u8; 128];
+        match slot.events.read_at(&mut buf, 0) {
+            Ok(n) => buf[..n].split(|&b| b == b'\n').any(|l| l == b"populated 1"),
+            Err(_) => true,
+        }
     }
-}
 
-impl TaskCgroup {
     /// Puts an empty cgroup back for the next task at once; one that still holds processes
     /// is given back, to drop (kill and remove) off the async threads.
     pub(crate) fn put_back(mut self) -> Option<TaskCgroup> {
         if self.populated() {
             return Some(self);
         }
-        let mut free = self.root.free.lock().unwrap_or_else(|p| p.into_inner());
-        free.push(std::mem::take(&mut self.dir));
+        self.keep_for_next();
         None
+    }
+
+    /// The (empty) cgroup goes to the free list, its files still open.
+    fn keep_for_next(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let mut free = self.root.free.lock().unwrap_or_else(|p| p.into_inner());
+            free.push(slot);
+        }
     }
 }
 
@@ -296,15 +353,16 @@ impl Drop for TaskCgroup {
     /// An empty cgroup (its task's processes were killed with it) is kept for the next task;
     /// one that still holds processes is killed and removed once the kernel has emptied it.
     fn drop(&mut self) {
-        if self.dir.as_os_str().is_empty() {
+        if self.slot.is_none() {
             return;
         }
         if self.populated() {
-            remove_cgroup(&self.dir);
-            return;
+            if let Some(Slot { dir, .. }) = self.slot.take() {
+                remove_cgroup(&dir);
+            }
+        } else {
+            self.keep_for_next();
         }
-        let mut free = self.root.free.lock().unwrap_or_else(|p| p.into_inner());
-        free.push(std::mem::take(&mut self.dir));
     }
 }
 
