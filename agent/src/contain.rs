@@ -353,9 +353,6 @@ impl Drop for TaskCgroup {
     /// An empty cgroup (its task's processes were killed with it) is kept for the next task;
     /// one that still holds processes is killed and removed once the kernel has emptied it.
     fn drop(&mut self) {
-        if self.slot.is_none() {
-            return;
-        }
         if self.populated() {
             if let Some(Slot { dir, .. }) = self.slot.take() {
                 remove_cgroup(&dir);

@@ -38,8 +38,8 @@ use crate::store::DurationStore;
 
 pub use conns::AgentTx;
 use conns::Conns;
-pub use handle::{Command, Handle, View, Watch};
-use handle::{EarlierOutput, ReplyTx};
+use handle::ReplyTx;
+pub use handle::{Command, EarlierOutput, Handle, View, Watch};
 pub use retention::Retention;
 pub use retention::unix_ms;
 

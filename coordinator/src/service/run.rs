@@ -6,8 +6,8 @@ use std::sync::Arc;
 use drover_proto::v1 as pb;
 use drover_scheduler::state::{Reply, RunRef, RunSpec, SchedError};
 use pb::run_service_server::RunService;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::actor::{Command, Handle};
@@ -272,12 +272,17 @@ impl RunService for RunSvc {
                 reply,
             })
             .await?;
-        if watch.earlier.is_empty() {
-            return Ok(Response::new(Box::pin(ReceiverStream::new(watch.rx))));
+        let crate::actor::Watch { run, rx, earlier } = watch;
+        let live = ReceiverStream::new(rx);
+        if earlier.is_empty() {
+            return Ok(Response::new(Box::pin(live)));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(replay_then_forward(self.actor.logs().clone(), watch, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // What was printed before, then the watcher's own queue.
+        let (tx, replayed) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(replay(self.actor.logs().clone(), run, earlier, tx));
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(replayed).chain(live),
+        )))
     }
 
     async fn complete_run(
@@ -295,18 +300,14 @@ impl RunService for RunSvc {
     }
 }
 
-/// Sends a new watcher the output its tasks printed before it came, then its queue. Ends
-/// when the watcher goes.
-async fn replay_then_forward(
+/// Sends a new watcher the output its tasks printed before it came. Ends when that is sent,
+/// or when the watcher goes.
+async fn replay(
     logs: crate::logstore::Logs,
-    watch: crate::actor::Watch,
+    run: String,
+    earlier: Vec<crate::actor::EarlierOutput>,
     tx: tokio::sync::mpsc::Sender<Result<pb::RunEvent, Status>>,
 ) {
-    let crate::actor::Watch {
-        run,
-        mut rx,
-        earlier,
-    } = watch;
     let max = crate::logstore::MAX_READ;
     for e in earlier {
         let (mut chunk, end) = match e.first {
@@ -348,11 +349,6 @@ async fn replay_then_forward(
             chunk = logs
                 .read_attempt(&run, &e.task, Some(e.attempt), chunk.next, max)
                 .await;
-        }
-    }
-    while let Some(event) = rx.recv().await {
-        if tx.send(event).await.is_err() {
-            return;
         }
     }
 }
