@@ -210,12 +210,14 @@ impl Actor {
                 stored,
                 reply,
             } => {
+                // Versioned before the tasks that taking it in leases, which sort after it.
+                let version = self.store.submission_version();
                 let result = self.apply(Event::Submit { run, tasks });
                 if let Ok(Reply::Submitted {
                     run_id, submission, ..
                 }) = &result
                 {
-                    self.store.submitted(run_id, *submission, &stored);
+                    self.store.submitted(run_id, *submission, &stored, version);
                     if let Some(t) = &mut self.tracer {
                         t.submitted(run_id, SystemTime::now());
                     }

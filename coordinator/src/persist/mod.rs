@@ -379,8 +379,17 @@ impl Store {
     }
 
     /// A submission, its tasks encoded by [`encode_tasks`] (off the scheduling thread).
-    pub fn submitted(&mut self, run_id: &str, submission: u64, tasks: &[u8]) {
-        let version = self.next_version();
+    /// The version a submission about to be applied will be stored with: taken before the
+    /// scheduler takes the graph in, so that it sorts before the rows of the tasks leased
+    /// while it does (a restore replays the submission, then those tasks). Unused when the
+    /// submission is refused (versions only order rows; a gap is harmless).
+    pub fn submission_version(&mut self) -> u64 {
+        self.next_version()
+    }
+
+    /// A submission, stored with the version [`submission_version`](Self::submission_version)
+    /// gave before it was applied.
+    pub fn submitted(&mut self, run_id: &str, submission: u64, tasks: &[u8], version: u64) {
         // What serde writes for a `SubmissionRow { version, tasks }`, around tasks encoded
         // beforehand.
         let mut bytes = Vec::with_capacity(tasks.len() + 32);

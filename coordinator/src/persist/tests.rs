@@ -79,11 +79,12 @@ impl Owner {
             run: RunRef::Id(run.into()),
             tasks: tasks.to_vec(),
         };
+        let version = self.store.submission_version();
         let Reply::Submitted { submission, .. } = self.handle(ms(0), event) else {
             panic!("not a submission");
         };
         self.store
-            .submitted(run, submission, &super::encode_tasks(tasks));
+            .submitted(run, submission, &super::encode_tasks(tasks), version);
         submission
     }
 
@@ -178,8 +179,13 @@ fn a_reopened_store_gives_back_runs_results_leases_and_numbered_events() {
     o.collect();
     o.store.commit(&o.sched).unwrap();
     // Noted but never committed: lost, as in a crash.
-    o.store
-        .submitted(&run, 2, &super::encode_tasks(&[TaskSpec::new("d", "true")]));
+    let version = o.store.submission_version();
+    o.store.submitted(
+        &run,
+        2,
+        &super::encode_tasks(&[TaskSpec::new("d", "true")]),
+        version,
+    );
     drop(o);
 
     let (_store, loaded) = open(&dir);
@@ -316,6 +322,43 @@ fn owner_with_agent(store: Store) -> (Owner, AgentId) {
     (o, agent)
 }
 
+/// A task leased while its submission is taken in (an agent was waiting) is noted in the same
+/// batch as the submission, as the actor notes it: reopened before the task changes again,
+/// the store gives back its lease, not a task of a submission it has not replayed yet.
+#[test]
+fn a_task_leased_as_its_graph_comes_in_keeps_its_lease_across_a_restart() {
+    let dir = TempDir::new("store");
+    let (store, _) = open(&dir);
+    let (mut o, agent) = owner_with_agent(store);
+    let run = o.start(&request());
+    let graph = [TaskSpec::new("a", "true")];
+    // As the actor does: the submission's version first, then the scheduler takes the
+    // graph in (leasing `a` to the waiting agent), its actions noted, then the submission.
+    let version = o.store.submission_version();
+    let event = Event::Submit {
+        run: RunRef::Id(run.clone()),
+        tasks: graph.to_vec(),
+    };
+    let Reply::Submitted { submission, .. } = o.handle(ms(0), event) else {
+        panic!("not a submission");
+    };
+    let leased = grants(o.collect());
+    assert_eq!(leased.len(), 1, "`a` goes to the waiting agent at once");
+    o.store
+        .submitted(&run, submission, &super::encode_tasks(&graph), version);
+    o.store.commit(&o.sched).unwrap();
+    drop(o);
+
+    let (_store, loaded) = open(&dir);
+    let mut sched = Scheduler::new(Config::default());
+    let report = sched.restore(ms(0), loaded.restore);
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(report.leases, 1);
+    let record = sched.task_record(&run, "a").expect("the task is back");
+    let lease = record.lease.expect("under its lease");
+    assert_eq!((lease.lease, lease.agent), (leased[0].1.lease, agent));
+}
+
 #[test]
 fn forgetting_a_run_deletes_every_row_of_it_and_no_row_of_another() {
     let dir = TempDir::new("store");
@@ -417,7 +460,8 @@ fn a_submission_encoded_beforehand_is_the_row_serde_would_write() {
     ];
     let dir = TempDir::new("store");
     let (mut store, _) = open(&dir);
-    store.submitted("run-1", 1, &super::encode_tasks(&tasks));
+    let version = store.submission_version();
+    store.submitted("run-1", 1, &super::encode_tasks(&tasks), version);
     let (_, _, bytes) = store.batch.submissions.last().expect("noted").clone();
     let row: super::rows::SubmissionRow = serde_json::from_slice(&bytes).expect("a row");
     assert_eq!(row.tasks, tasks);
