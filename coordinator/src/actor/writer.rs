@@ -34,11 +34,10 @@ use crate::persist::Sealed;
 /// Batches merged into one transaction at most.
 const MAX_MERGED: usize = 256;
 /// How long a commit waits for more batches to share its flush. Nothing on the scheduling
-/// path waits for it (leases go at once); replies, acknowledgements and watchers hear this
-/// much later at most, and a coordinator finishing a thousand short tasks a second flushes a
-/// hundred times a second instead of once or twice per task (10 ms instead of 2 ms took a
-/// fifth off the coordinator's CPU in `bench/exec-vs-make.sh`).
-const LINGER: Duration = Duration::from_millis(10);
+/// path waits for it (leases go at once); replies and watchers hear this much later at most,
+/// and a coordinator running few tasks at a time flushes a few hundred times a second instead
+/// of once per task.
+const LINGER: Duration = Duration::from_millis(2);
 /// How often a failing store is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
