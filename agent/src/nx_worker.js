@@ -149,10 +149,16 @@ async function runTask(nx, pristineGraph, req) {
   };
   if (req.restore) {
     const skip = new Set(req.skip || []);
-    const levels = dependencyLevels(taskGraph, id)
+    const all = dependencyLevels(taskGraph, id);
+    const levels = all
       .map((level) => level.filter((k) => !skip.has(k)))
       .filter((level) => level.length > 0);
-    if (req.note) say(req.note);
+    // The main job's note says what it meant to restore; said when some of it still is.
+    if (req.note && levels.length > 0) say(req.note);
+    const here = all.flat().filter((k) => skip.has(k)).sort();
+    if (here.length > 0) {
+      say(`drover: the outputs of ${here.join(', ')} were made in this checkout during this run; they are used as they are`);
+    }
     for (const level of levels) {
       const handles = await nx.runDiscreteTasks(
         level.map((k) => taskGraph.tasks[k]),

@@ -63,7 +63,15 @@ struct Pool {
     /// Workspace trees of workers that ended, for the agent to give back.
     released: Vec<(String, u32)>,
     script: Option<PathBuf>,
+    /// Tasks whose outputs a worker made in a checkout (the agent's, or a workspace tree)
+    /// during a run: later tasks there do not restore them again. Without the Nx daemon a
+    /// restore rewrites the outputs whole, and the agent's slots share the checkout, so
+    /// restoring what is already there could pull it from under a task reading it.
+    present: HashMap<Checkout, HashSet<String>>,
 }
+
+/// A run's checkout: the agent's own (`None`), or a tree of a daemon agent's workspace.
+type Checkout = (String, Option<(String, u32)>);
 
 impl Pool {
     fn end(&mut self, worker: Worker) {
@@ -105,6 +113,7 @@ impl NxWorkers {
         for w in others {
             pool.end(w);
         }
+        pool.present.retain(|(r, _), _| r == run);
         let mut mine = mine.into_iter();
         let taken = mine.next();
         pool.idle.extend(mine);
@@ -123,6 +132,30 @@ impl NxWorkers {
         if let Launch::Workspace { tree, .. } = launch {
             self.pool().released.push(tree);
         }
+    }
+
+    /// The tasks whose outputs are in the worker's checkout already.
+    fn present(&self, worker: &Worker) -> Vec<String> {
+        let key = (worker.run.clone(), worker.tree.clone());
+        let pool = self.pool();
+        let mut tasks: Vec<String> = pool
+            .present
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        tasks.sort();
+        tasks
+    }
+
+    fn made(&self, worker: &Worker, task: &str) {
+        let key = (worker.run.clone(), worker.tree.clone());
+        self.pool()
+            .present
+            .entry(key)
+            .or_default()
+            .insert(task.to_owned());
     }
 
     pub(crate) fn is_unavailable(&self, run: &str) -> bool {
@@ -253,7 +286,7 @@ pub(crate) async fn run_task(task: WorkerTask, mut cancel: oneshot::Receiver<()>
         pid = worker.pid,
         "the task runs in an Nx worker"
     );
-    let request = request(&ctx, &spec);
+    let request = request(&ctx, &spec, &workers.present(&worker));
     if let Err(error) = worker.stdin.write_all(request.as_bytes()).await {
         tracing::warn!(lease_id = spec.lease_id, %error, "the Nx worker is gone; the task runs as its command");
         workers.discard(worker);
@@ -295,6 +328,13 @@ pub(crate) async fn run_task(task: WorkerTask, mut cancel: oneshot::Receiver<()>
             return WorkerOutcome::Fallback;
         }
     };
+    let exit_code = reply
+        .get("code")
+        .and_then(Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok());
+    if exit_code == Some(0) {
+        workers.made(&worker, &spec.task_id);
+    }
     workers.give_back(worker);
     if let Some(reason) = reply.get("fallback").and_then(Value::as_str) {
         tracing::info!(
@@ -303,15 +343,10 @@ pub(crate) async fn run_task(task: WorkerTask, mut cancel: oneshot::Receiver<()>
         );
         return WorkerOutcome::Fallback;
     }
-    let exit_code = reply
-        .get("code")
-        .and_then(Value::as_i64)
-        .and_then(|c| i32::try_from(c).ok())
-        .unwrap_or(1);
     WorkerOutcome::Done(TaskResult {
         lease_id: spec.lease_id,
         token: spec.token,
-        exit_code,
+        exit_code: exit_code.unwrap_or(1),
         duration: started.elapsed(),
         error: String::new(),
     })
@@ -468,8 +503,9 @@ fn task_env(ctx: &ExecContext, spec: &TaskSpec) -> HashMap<String, String> {
     env
 }
 
-/// The request line for the task: what `drover nx` put in `DROVER_NX_TASK`, and its variables.
-fn request(ctx: &ExecContext, spec: &TaskSpec) -> String {
+/// The request line for the task: what `drover nx` put in `DROVER_NX_TASK`, its variables,
+/// and the dependencies whose outputs are in the checkout already (not restored).
+fn request(ctx: &ExecContext, spec: &TaskSpec, present: &[String]) -> String {
     let mut task = spec
         .env
         .get(TASK_VAR)
@@ -479,6 +515,10 @@ fn request(ctx: &ExecContext, spec: &TaskSpec) -> String {
         obj.insert(
             "env".into(),
             serde_json::to_value(task_env(ctx, spec)).unwrap_or_default(),
+        );
+        obj.insert(
+            "skip".into(),
+            serde_json::to_value(present).unwrap_or_default(),
         );
     }
     let mut line = task.to_string();
